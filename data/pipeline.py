@@ -1,0 +1,133 @@
+"""The causal-LM input pipeline on grain: shard → shuffle → repeat → tokenize → pack → batch.
+
+Deterministic under a seed and checkpointable: `iter(ds).get_state()` is JSON and restores exactly.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from data.tokenizer import Tokenizer
+from model.errors import UserError
+
+Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32[batch, length]
+
+
+def packed_dataset(
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    *,
+    length: int,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    repeat: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+) -> grain.IterDataset:
+    """Packed batches of this host's share of `texts`.
+
+    Each document is tokenized and terminated with EOS, then documents are concatenated and split
+    into rows of `length` tokens; a document longer than the room left in a row continues in the
+    next row as a new segment (nothing is dropped). Each element is a dict of
+    int32[batch_size, length] arrays:
+      tokens: token ids, 0 (pad) after the last segment of a row.
+      segment_ids: 1, 2, 3, ... per document piece in the row; 0 on padding.
+      positions: 0, 1, 2, ... restarting at every segment start (so always < length); 0 on padding.
+
+    `batch_size` is the per-host batch; host `process_index` reads documents
+    `[process_index::process_count]`. With repeat=True the stream is infinite, reshuffled every
+    epoch, and every batch is full. With repeat=False the stream is one pass over the documents;
+    its last partial batch is kept and padded with all-zero rows (segment_ids 0) so shapes stay
+    static, so eval code must weight tokens by `segment_ids != 0`.
+    """
+    if length < 2 or batch_size < 1:
+        raise UserError(f"need length >= 2 and batch_size >= 1, got {length} and {batch_size}.")
+    if not 0 <= process_index < process_count:
+        raise UserError(f"process_index={process_index} must be in [0, {process_count}).")
+    host_texts = list(texts)[process_index::process_count]
+    if not host_texts:
+        raise UserError(
+            f"host {process_index} of {process_count} gets no documents from a corpus of "
+            f"{len(texts)}; use a larger corpus or fewer hosts."
+        )
+    eos = np.asarray([tokenizer.eos_id], dtype=np.int32)
+
+    def tokenize(text: str) -> dict[str, np.ndarray]:
+        return {"tokens": np.concatenate([tokenizer.encode(text), eos])}
+
+    ds = grain.MapDataset.source(host_texts)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    if repeat:
+        # grain folds the epoch number into the shuffle seed, so every epoch has a new order.
+        ds = ds.repeat(None)
+    ds = ds.map(tokenize)
+    # Threads only help the tokenizer (SentencePiece releases the GIL); reading is in-memory.
+    ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(128, 4 * batch_size))
+    )
+    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": length})
+    ds = ds.map(_rename)
+    ds = ds.batch(batch_size, drop_remainder=repeat)
+    if not repeat:
+        ds = ds.map(lambda batch: _pad_batch(batch, batch_size))
+    return _JsonStateIterDataset(ds)
+
+
+def _rename(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # grain already restarts positions at 0 for the continuation piece of a split document (it
+    # writes arange(piece_length) per piece), so only the names change here.
+    return {
+        "tokens": row["tokens"],
+        "segment_ids": row["tokens_segment_ids"],
+        "positions": row["tokens_positions"],
+    }
+
+
+def _pad_batch(batch: Batch, batch_size: int) -> Batch:
+    missing = batch_size - batch["tokens"].shape[0]
+    if missing == 0:
+        return batch
+    return {k: np.pad(v, ((0, missing), (0, 0))) for k, v in batch.items()}
+
+
+class _JsonStateIterDataset(grain.IterDataset):
+    """Makes the iterator state survive a JSON round trip.
+
+    ConcatThenSplit stores `remainder_slices` as tuples and compares them with a tuple sentinel,
+    so the lists JSON gives back would read as "has a remainder" and corrupt the resume.
+    """
+
+    def __init__(self, parent: grain.IterDataset):
+        super().__init__(parent)
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _JsonStateIterator(self._parent.__iter__())
+
+
+class _JsonStateIterator(grain.DatasetIterator):
+    def __next__(self) -> Batch:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(_tuple_slices(state))
+
+
+def _tuple_slices(state: Any) -> Any:
+    if isinstance(state, dict):
+        return {
+            k: (
+                {f: tuple(s) for f, s in v.items()} if k == "remainder_slices" else _tuple_slices(v)
+            )
+            for k, v in state.items()
+        }
+    if isinstance(state, list):
+        return [_tuple_slices(v) for v in state]
+    return state

@@ -1,0 +1,155 @@
+"""Train and load the SentencePiece BPE tokenizer (byte fallback, exact round trip of code).
+
+CLI: `python -m data.tokenizer --data=stdlib --vocab_size=4096 --out=PATH`.
+"""
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from data.corpus import sample
+from model.errors import UserError
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# 4 special ids + 256 byte-fallback pieces + the 2 user symbols must fit, plus room for merges.
+MIN_VOCAB_SIZE = 300
+# Enough text for stable BPE merges at small vocab sizes while keeping training to seconds.
+MAX_TRAIN_CHARS = 4_000_000
+
+
+class Tokenizer:
+    """Thin wrapper over a SentencePieceProcessor; ids are int32, no BOS/EOS added by encode."""
+
+    def __init__(self, processor: spm.SentencePieceProcessor, path: str):
+        self._sp = processor
+        self.path = path
+        self.vocab_size: int = processor.vocab_size()
+        self.pad_id: int = processor.pad_id()
+        self.unk_id: int = processor.unk_id()
+        self.bos_id: int = processor.bos_id()
+        self.eos_id: int = processor.eos_id()
+
+    def encode(self, text: str) -> np.ndarray:
+        """int32[num_tokens] for `text`."""
+        return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
+        return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int, model_path: str) -> Tokenizer:
+    """Trains BPE on a deterministic <= 4M-character sample of `texts`; writes `model_path`."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(
+            f"vocab_size={vocab_size} is too small; use at least {MIN_VOCAB_SIZE} "
+            "(256 byte pieces + specials need room)."
+        )
+    texts = [t for t in sample(texts, MAX_TRAIN_CHARS) if t]
+    if not texts:
+        raise UserError("cannot train a tokenizer on an empty corpus; pass documents with text.")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,  # any byte sequence encodes; nothing maps to <unk>
+            split_digits=True,
+            # Identity normalisation and no dummy prefix make decode(encode(x)) == x for code.
+            remove_extra_whitespaces=False,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,  # indentation runs become single tokens
+            character_coverage=1.0,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            user_defined_symbols=["\n", "\t"],
+            num_threads=os.cpu_count() or 1,
+            max_sentence_length=1 << 30,  # whole documents are the "sentences"
+            minloglevel=2,
+        )
+    except RuntimeError as e:  # e.g. vocab_size larger than the text supports
+        raise UserError(f"tokenizer training failed ({e}); try a smaller --vocab_size.")
+    # Write to a temp file then rename, so an interrupted run never leaves a truncated model.
+    directory = os.path.dirname(os.path.abspath(model_path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{model_path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(model.getvalue())
+    os.replace(tmp, model_path)
+    return load_tokenizer(model_path)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """Loads a SentencePiece model file written by `train_tokenizer`."""
+    try:
+        with open(path, "rb") as f:
+            proto = f.read()
+    except OSError as e:
+        raise UserError(
+            f"cannot read tokenizer {path!r} ({e.strerror}); train one with "
+            "`python -m data.tokenizer --out=PATH`."
+        )
+    try:
+        processor = spm.SentencePieceProcessor(model_proto=proto)
+    except RuntimeError:
+        raise UserError(f"tokenizer file {path!r} is not a SentencePiece model; retrain it.")
+    if processor.pad_id() != PAD_ID or processor.eos_id() < 0:
+        raise UserError(
+            f"tokenizer {path!r} lacks pad id {PAD_ID} or an EOS id; retrain with data.tokenizer."
+        )
+    return Tokenizer(processor, path)
+
+
+def _bytes_per_token(tokenizer: Tokenizer, texts: Sequence[str]) -> float:
+    num_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    num_tokens = sum(len(tokenizer.encode(t)) for t in texts)
+    return num_bytes / max(num_tokens, 1)
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    from data.corpus import load_corpus
+    from model.errors import exit_with
+
+    del argv
+    args = flags.FLAGS
+    try:
+        corpus = load_corpus(args.data)
+        tokenizer = train_tokenizer(corpus.train, args.vocab_size, args.out)
+    except UserError as e:
+        exit_with(e)
+    held_out = sample(corpus.eval, 1_000_000)
+    print(f"wrote {tokenizer.path}: vocab_size={tokenizer.vocab_size}")
+    print(f"held-out bytes/token: {_bytes_per_token(tokenizer, held_out):.3f}")
+
+
+def _define_flags() -> None:
+    """Only for the CLI: flags defined at import time would clash with train/'s flags."""
+    from absl import flags
+
+    flags.DEFINE_string(
+        "data",
+        "stdlib",
+        "Corpus: 'stdlib' or comma-separated .txt/.jsonl/.parquet paths, globs or directories.",
+    )
+    flags.DEFINE_integer("vocab_size", 4096, "Number of tokens in the vocabulary.")
+    flags.DEFINE_string("out", None, "Path of the SentencePiece .model file to write. Required.")
+    flags.mark_flag_as_required("out")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

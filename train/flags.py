@@ -1,0 +1,121 @@
+"""Every flag of `python -m train`, in one place: `TrainConfig` holds name, default and help.
+
+`define_flags()` registers them with absl (only the command-line entry point calls it, so tests
+build a `TrainConfig` directly). Size flags default to None, meaning "take the preset's value".
+"""
+
+import dataclasses
+from typing import Any
+
+from absl import flags
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # Model.
+    preset: str = _f("tiny", "Model preset (tiny, tiny_gpt, tiny_llama, gpt2_124m, gpt2_350m, "
+                             "llama_1b, llama_7b); the size flags below override it.")
+    num_layers: int | None = _f(None, "Transformer layers (default: the preset's).")
+    d_model: int | None = _f(None, "Model width (default: the preset's).")
+    num_heads: int | None = _f(None, "Query heads (default: the preset's).")
+    num_kv_heads: int | None = _f(None, "Key/value heads; < num_heads is GQA (default: preset's).")
+    mlp_dim: int | None = _f(None, "MLP hidden width (default: the preset's).")
+    vocab_size: int | None = _f(None, "Vocabulary size; also the size of the tokenizer trained "
+                                      "when --tokenizer is empty (default: the preset's).")
+    dtype: str = _f("float32", "Compute dtype: float32 | bfloat16 | float16 (params and optimizer "
+                               "state stay float32).")
+    remat: str = _f("none", "Rematerialisation policy per layer: none | full | dots | "
+                            "dots_no_batch.")
+    attention: str = _f("xla", "Attention kernel: xla | cudnn | auto.")
+    scan_layers: bool = _f(True, "Stack layers with nn.scan (compile time independent of depth).")
+    # Run.
+    workdir: str = _f("", "Directory for checkpoints, metrics, config and tokenizer (required); "
+                          "a workdir with checkpoints is resumed.")
+    steps: int = _f(1000, "Optimizer steps to train for (total, including resumed ones).")
+    batch_size: int = _f(16, "Global batch size in sequences (all devices, all hosts).")
+    seq_len: int = _f(256, "Tokens per training sequence.")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step (gradient accumulation).")
+    seed: int = _f(0, "Seed for init, data order and any randomness of the objective.")
+    mesh: str = _f("", "Device mesh, e.g. data=2,fsdp=-1,tensor=2 (one -1 takes the remaining "
+                       "devices); empty puts every device on data.")
+    objective: str = _f("clm", "Training objective: clm (causal LM).")
+    init_from: str = _f("", "Workdir or converted model to take initial params from (the "
+                            "optimizer starts fresh).")
+    # Data.
+    data: str = _f("stdlib", "Training text: 'stdlib' (this Python's standard library source) or "
+                             "comma-separated .txt/.jsonl/.parquet files, globs or directories.")
+    eval_fraction: float = _f(0.02, "Fraction of documents held out for evaluation.")
+    tokenizer: str = _f("", "SentencePiece model to use; empty trains one on the data into "
+                            "WORKDIR/tokenizer.model.")
+    # Optimizer.
+    optimizer: str = _f("adamw", "adamw | adafactor | sgd.")
+    learning_rate: float = _f(3e-4, "Peak learning rate.")
+    schedule: str = _f("cosine", "Learning-rate schedule after warmup: constant | cosine | linear "
+                                 "| rsqrt | wsd.")
+    warmup_steps: int = _f(100, "Linear warmup steps from 0 to --learning_rate.")
+    min_lr_ratio: float = _f(0.1, "Final learning rate as a fraction of the peak (cosine, linear, "
+                                  "wsd).")
+    decay_fraction: float = _f(0.2, "wsd: fraction of the steps spent decaying at the end.")
+    weight_decay: float = _f(0.1, "Decoupled weight decay of matrices and embeddings.")
+    beta1: float = _f(0.9, "Adam beta1 / SGD momentum.")
+    beta2: float = _f(0.95, "Adam beta2.")
+    clip_norm: float = _f(1.0, "Clip gradients to this global norm; 0 disables.")
+    max_nonfinite: int = _f(10, "Stop after this many consecutive steps with a non-finite loss or "
+                                "gradient (each such step is skipped).")
+    # Logging, evaluation, checkpoints.
+    log_every: int = _f(10, "Steps between metrics lines (metrics.jsonl, TensorBoard, console).")
+    eval_every: int = _f(100, "Steps between evaluations on the held-out split; 0 disables.")
+    eval_batches: int = _f(10, "Held-out batches per evaluation.")
+    save_every: int = _f(100, "Steps between checkpoints (one is always saved at the end).")
+    keep_checkpoints: int = _f(3, "Most recent checkpoints to keep.")
+    keep_period: int = _f(0, "Also keep every checkpoint whose step is a multiple of this; 0: none.")
+
+    def to_flags(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+MODEL_OVERRIDES = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size",
+                   "dtype", "remat", "attention", "scan_layers")
+
+
+def define_flags() -> None:
+    """Registers one absl flag per `TrainConfig` field (idempotent)."""
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in flags.FLAGS:
+            continue
+        help_text = field.metadata["help"]
+        if field.default is not None:
+            help_text += f" Default: {field.default}."
+        kind = str(field.type)
+        if "bool" in kind:
+            flags.DEFINE_boolean(field.name, field.default, help_text)
+        elif "int" in kind:
+            flags.DEFINE_integer(field.name, field.default, help_text)
+        elif "float" in kind:
+            flags.DEFINE_float(field.name, field.default, help_text)
+        else:
+            flags.DEFINE_string(field.name, field.default, help_text)
+
+
+def config_from_flags(values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
+    return TrainConfig(**{f.name: values[f.name].value for f in dataclasses.fields(TrainConfig)})
+
+
+def flagfile_text(cfg: TrainConfig) -> str:
+    """A flag file that reruns exactly this run (size flags resolved or left to the preset)."""
+    lines = ["# Written by meshlm; rerun with: python -m train --flagfile=THIS_FILE"]
+    for name, value in cfg.to_flags().items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"--{name}" if value else f"--no{name}")
+        else:
+            lines.append(f"--{name}={value}")
+    return "\n".join(lines) + "\n"

@@ -96,10 +96,10 @@ class ModelConfig:
         return total
 
 
-_GPT2 = dict(norm="layernorm", activation="gelu", positions="learned", use_bias=True,
-             tie_embeddings=True, norm_eps=1e-5, vocab_size=50257, max_len=1024)
-_LLAMA = dict(norm="rmsnorm", activation="swiglu", positions="rope", use_bias=False,
-              tie_embeddings=False, norm_eps=1e-5, vocab_size=32000)
+_GPT2 = {"norm": "layernorm", "activation": "gelu", "positions": "learned", "use_bias": True,
+             "tie_embeddings": True, "norm_eps": 1e-5, "vocab_size": 50257, "max_len": 1024}
+_LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "positions": "rope", "use_bias": False,
+              "tie_embeddings": False, "norm_eps": 1e-5, "vocab_size": 32000}
 
 PRESETS: dict[str, ModelConfig] = {
     # Small enough for CPU tests (~0.2M params); GQA so the kv_heads path is always exercised.

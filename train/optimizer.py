@@ -25,7 +25,7 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     elif cfg.schedule == "linear":
         after = optax.linear_schedule(peak, final, rest)
     elif cfg.schedule == "rsqrt":
-        after = lambda step: peak * jax.lax.rsqrt(1.0 + step / max(warmup, 1))  # noqa: E731
+        after = lambda step: peak * jax.lax.rsqrt(1.0 + step / max(warmup, 1))
     else:  # warmup-stable-decay: flat at the peak, then a linear cool-down at the end
         decay = max(int(cfg.steps * cfg.decay_fraction), 1)
         after = optax.join_schedules(

@@ -1,0 +1,95 @@
+"""Where a run's numbers go: WORKDIR/metrics.jsonl, TensorBoard event files, and the console;
+plus the FLOP count and device peak behind MFU."""
+
+import json
+import os
+from typing import Any
+
+import jax
+from tensorboardX import SummaryWriter
+
+from model.config import ModelConfig
+
+# Dense bf16 peak FLOP/s per device (vendor datasheets, no sparsity). MFU against bf16 peak is the
+# convention of PaLM / MaxText / nanoGPT, so an fp32 run reads as a low MFU on purpose.
+PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+    "V100": 125e12, "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5": 197e12, "TPU v4": 275e12,
+}
+# CPUs have no datasheet peak; this nominal figure per core (two 256-bit fp32 FMA pipes at ~3 GHz)
+# makes CPU MFU comparable between runs on one machine, not with accelerators.
+CPU_PEAK_FLOPS_PER_CORE = 1e11
+
+
+def peak_flops(devices: list | None = None) -> float:
+    """Peak FLOP/s of all devices of this run together."""
+    devices = devices or jax.devices()
+    if devices[0].platform == "cpu":
+        return CPU_PEAK_FLOPS_PER_CORE * (os.cpu_count() or 1)
+    kind = devices[0].device_kind
+    for name, peak in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peak * len(devices)
+    return float("nan")
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """6N for the matmuls (forward 2N, backward 4N; N counts the output projection but not the
+    position table) plus 12 * layers * heads * head_dim * seq_len for attention scores and values
+    (causal masking is not subtracted, as in PaLM's appendix B)."""
+    n = cfg.num_params(include_embeddings=False) + cfg.vocab_size * cfg.d_model
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * seq_len
+    return 6 * n + attention
+
+
+class MetricsWriter:
+    """Appends one JSON object a line to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, resume_step: int = 0):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._drop_lines_after(resume_step)
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (lives with the run)
+        self.tb = SummaryWriter(logdir=workdir)
+
+    def _drop_lines_after(self, step: int) -> None:
+        """A run killed after logging but before its next checkpoint repeats those steps when it
+        resumes; drop their old lines so each step appears once."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        record = {"step": step, **values}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for name, value in values.items():
+            if isinstance(value, (int, float)):
+                self.tb.add_scalar(name, value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def format_line(step: int, total: int, values: dict[str, Any]) -> str:
+    """The console line for one log interval."""
+    parts = [f"step {step}/{total}"]
+    if "loss" in values:
+        parts.append(f"loss {values['loss']:.4f}")
+    if "eval_loss" in values:
+        parts.append(f"eval_loss {values['eval_loss']:.4f} (ppl {values['eval_ppl']:.1f})")
+    if "learning_rate" in values:
+        parts.append(f"lr {values['learning_rate']:.2e}")
+    if "tokens_per_s" in values:
+        parts.append(f"{values['tokens_per_s']:,.0f} tok/s")
+    if "mfu" in values:
+        parts.append(f"mfu {100 * values['mfu']:.2f}%")
+    if "step_time_s" in values:
+        parts.append(f"{values['step_time_s']:.3f} s/step")
+    return " | ".join(parts)

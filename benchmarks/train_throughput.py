@@ -1,0 +1,316 @@
+"""Training throughput of meshlm's real train step against HF transformers' GPT-2 (torch) of the
+same shape: step time, tokens/s, MFU and memory, merged into benchmarks/results/<date>-<device>.json.
+
+The HF peer is GPT-2 only: a config that is not GPT-2-shaped (RMSNorm, SwiGLU, RoPE, GQA, untied or
+bias-free, e.g. the llama presets) still runs on our side, and its record says why the peer was skipped.
+"""
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import app, flags
+
+from model import sharding
+from model.config import ModelConfig, get_preset
+from model.errors import UserError, exit_with
+from model.transformer import build_model
+from train.flags import TrainConfig
+from train.metrics import peak_flops, train_flops_per_token
+from train.objectives import clm
+from train.optimizer import make_optimizer
+from train.state import abstract_state, create_state
+from train.step import jit_train_step, make_train_step
+
+SIZE_FLAGS = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "transformers")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Registered by the entry point only, so importing this module (tests) defines nothing."""
+    flags.DEFINE_string("preset", "gpt2_124m", "Model preset; the size flags override it.")
+    for name in SIZE_FLAGS:
+        flags.DEFINE_integer(name, None, f"Override the preset's {name} (default: the preset's).")
+    flags.DEFINE_integer("batch_size", 16, "Global batch size in sequences.")
+    flags.DEFINE_integer("seq_len", 1024, "Tokens per sequence.")
+    flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute dtype of our model "
+                      "(params and optimizer state stay float32); the peer uses bf16 autocast "
+                      "only on CUDA, fp32 otherwise.")
+    flags.DEFINE_string("mesh", "", "Device mesh, e.g. data=2,fsdp=-1 (empty: all devices on data).")
+    flags.DEFINE_integer("steps", 10, "Timed steps per side; the median step time is reported.")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps per side before the timed ones.")
+    flags.DEFINE_integer("seed", 0, "Seed of the init and of the synthetic tokens.")
+    flags.DEFINE_enum("peer", "hf", ["hf", "none"], "Peer to compare with: hf (transformers "
+                      "GPT2LMHeadModel + torch AdamW; skipped with a note if not importable) or none.")
+    flags.DEFINE_string("out", "", "JSON file to merge this run into (default: "
+                        "benchmarks/results/<YYYY-MM-DD>-<device>.json).")
+
+
+def model_config(preset: str, seq_len: int, dtype: str, **sizes: int | None) -> ModelConfig:
+    cfg = get_preset(preset).replace(dtype=dtype, **sizes)
+    return cfg.replace(max_len=max(cfg.max_len, seq_len))  # as train/prepare.py does
+
+
+def check_numbers(batch_size: int, seq_len: int, steps: int, warmup: int) -> None:
+    if batch_size < 1 or seq_len < 2 or steps < 1 or warmup < 0:
+        raise UserError(f"need --batch_size >= 1, --seq_len >= 2, --steps >= 1 and --warmup >= 0; "
+                        f"got {batch_size}, {seq_len}, {steps}, {warmup}")
+
+
+def _time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
+    """Seconds of each timed call; `step` must block until its work is done."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _summary(times: list[float], tokens: int, flops_per_token: float) -> dict:
+    step_time = statistics.median(times)
+    tokens_per_s = tokens / step_time
+    return {"step_time_s": step_time, "step_times_s": [round(t, 5) for t in times],
+            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak_flops()}
+
+
+def run_ours(cfg: ModelConfig, train_cfg: TrainConfig, batch: dict[str, np.ndarray], mesh_spec: str,
+             warmup: int, steps: int) -> dict:
+    """The jitted, sharded, donated train step of train/loop.py on one fixed batch."""
+    mesh = sharding.make_mesh(mesh_spec)
+    batch_size = batch["tokens"].shape[0]
+    if batch_size % sharding.batch_shards(mesh):
+        raise UserError(f"--batch_size={batch_size} must be divisible by the data-parallel size "
+                        f"{sharding.batch_shards(mesh)} of mesh {dict(mesh.shape)}")
+    model = build_model(cfg)
+    tx, schedule = make_optimizer(train_cfg)
+    abstract, shardings = abstract_state(model, tx, train_cfg.seed, mesh)
+    batch_sharding = sharding.named(mesh, "batch", None)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+        step_fn = jit_train_step(make_train_step(model, clm, tx, schedule), shardings, mesh)
+        shape = jax.ShapeDtypeStruct(batch["tokens"].shape, np.int32, sharding=batch_sharding)
+        t0 = time.perf_counter()
+        compiled = step_fn.lower(abstract, dict.fromkeys(batch, shape)).compile()
+        compile_s = time.perf_counter() - t0
+        state, _ = create_state(model, tx, train_cfg.seed, mesh)
+        device_batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+        holder = [state]  # the step donates the state, so each call must take the newest one
+
+        def step() -> None:
+            holder[0], metrics = compiled(holder[0], device_batch)
+            jax.block_until_ready((holder[0], metrics))
+
+        times = _time_steps(step, warmup, steps)
+    memory = {}
+    stats = compiled.memory_analysis()
+    if stats is not None:
+        memory = {"argument_bytes": stats.argument_size_in_bytes,
+                  "temp_bytes": stats.temp_size_in_bytes,
+                  "total_bytes": stats.argument_size_in_bytes + stats.temp_size_in_bytes}
+    device_stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform == "gpu" else None
+    if device_stats and "peak_bytes_in_use" in device_stats:
+        memory["peak_bytes_in_use"] = device_stats["peak_bytes_in_use"]
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"]))
+    seq_len = batch["tokens"].shape[1] - 1
+    return {"compile_s": compile_s, "params": params, "memory": memory, "mesh": dict(mesh.shape),
+            **_summary(times, batch_size * seq_len, train_flops_per_token(cfg, seq_len))}
+
+
+def gpt2_mismatch(cfg: ModelConfig) -> str:
+    """Why HF GPT-2 cannot have this config's shape ('' when it can)."""
+    wanted = {"norm": "layernorm", "activation": "gelu", "positions": "learned", "use_bias": True,
+              "tie_embeddings": True, "head_dim": 0}
+    diffs = [f"{k}={getattr(cfg, k)}" for k, v in wanted.items() if getattr(cfg, k) != v]
+    if cfg.num_kv_heads != cfg.num_heads:
+        diffs.append(f"num_kv_heads={cfg.num_kv_heads} != num_heads={cfg.num_heads}")
+    return ", ".join(diffs)
+
+
+def run_hf_peer(cfg: ModelConfig, train_cfg: TrainConfig, tokens: np.ndarray, warmup: int,
+                steps: int) -> dict:
+    """GPT2LMHeadModel of the same shape, torch AdamW, clipping at 1.0; or {'skipped': why}."""
+    if why := gpt2_mismatch(cfg):
+        return {"skipped": f"HF GPT-2 peer needs a GPT-2-shaped config; this one has {why}"}
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        return {"skipped": f"torch/transformers not importable ({e})"}
+    torch.manual_seed(train_cfg.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    cuda = jax.devices()[0].platform == "gpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    hf_cfg = transformers.GPT2Config(
+        n_layer=cfg.num_layers, n_embd=cfg.d_model, n_head=cfg.num_heads, n_inner=cfg.mlp_dim,
+        n_positions=cfg.max_len, vocab_size=cfg.vocab_size, activation_function="gelu_new",
+        layer_norm_epsilon=cfg.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(hf_cfg).to(device).train()
+    # Weight decay on matrices only, as train/optimizer.py does.
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train_cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, eps=1e-8,
+                            betas=(train_cfg.beta1, train_cfg.beta2))
+    inputs = torch.from_numpy(tokens[:, :-1].astype(np.int64)).to(device)  # HF shifts inside
+    bf16 = cuda and cfg.dtype == "bfloat16"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=inputs, labels=inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = _time_steps(step, warmup, steps)
+    memory = {"peak_bytes_in_use": torch.cuda.max_memory_allocated()} if cuda else {}
+    return {"framework": f"transformers GPT2LMHeadModel ({hf_cfg._attn_implementation} "
+                         f"attention), torch.optim.AdamW on {device.type}",
+            "dtype": "bfloat16 autocast" if bf16 else "float32", "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in params), "memory": memory,
+            **_summary(times, tokens.shape[0] * (tokens.shape[1] - 1),
+                       train_flops_per_token(cfg, tokens.shape[1] - 1))}
+
+
+def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict:
+    """int32[batch, seq_len + 1] rows of one document each (clm shifts by one inside the step)."""
+    rows = (batch_size, seq_len + 1)
+    tokens = np.random.default_rng(seed).integers(0, vocab_size, rows, dtype=np.int32)
+    positions = np.broadcast_to(np.arange(seq_len + 1, dtype=np.int32), rows).copy()
+    return {"tokens": tokens, "segment_ids": np.ones(rows, np.int32), "positions": positions}
+
+
+def device_info() -> dict:
+    dev = jax.devices()[0]
+    info = {"platform": dev.platform, "device_kind": dev.device_kind, "count": jax.device_count(),
+            "cpu_count": os.cpu_count()}
+    if dev.platform == "cpu":
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu_model"] = names[0] if names else platform.processor()
+    return info
+
+
+def device_slug(info: dict) -> str:
+    """'cpu-2core', 'nvidia-h100', 'nvidia-h100x8': the results file name's device part."""
+    if info["platform"] == "cpu":
+        return f"cpu-{info['cpu_count']}core"
+    slug = "-".join(info["device_kind"].lower().split()[:2])
+    return slug + (f"x{info['count']}" if info["count"] > 1 else "")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def merge_into(path: str, run: dict, header: dict) -> None:
+    """Appends `run` to the file's "runs" (earlier runs kept); the header fields are refreshed."""
+    results = {"runs": []}
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                results = json.load(f)
+            assert isinstance(results, dict) and isinstance(results.get("runs"), list)
+        except (OSError, ValueError, AssertionError):
+            raise UserError(f"--out={path} exists but is not a results file with a 'runs' list; "
+                            "move it or choose another --out") from None
+    results = {**results, **header, "runs": [*results["runs"], run]}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def table(run: dict) -> str:
+    def row(name: str, r: dict) -> str:
+        if "skipped" in r:
+            return f"{name:<6} skipped: {r['skipped']}"
+        mem = r["memory"].get("peak_bytes_in_use", r["memory"].get("total_bytes"))
+        compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
+        return (f"{name:<6} {compile_s:>9} {r['step_time_s']:>10.4f} {r['tokens_per_s']:>12,.0f} "
+                f"{100 * r['mfu']:>7.2f}% {r['params'] / 1e6:>8.2f}M "
+                f"{mem / 2**30 if mem else float('nan'):>8.3f}")
+    c = run["config"]
+    lines = [f"{c['preset']} {c['overrides']} batch {c['batch_size']} x seq {c['seq_len']}, "
+             f"{c['dtype']}, mesh {run['ours']['mesh']}",
+             f"{'':<6} {'compile_s':>9} {'step_s':>10} {'tokens/s':>12} {'MFU':>8} {'params':>9} "
+             f"{'mem GiB':>8}", row("ours", run["ours"]), row("peer", run["peer"])]
+    if run["ratio"] is not None:
+        lines.append(f"ratio ours/peer tokens/s: {run['ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    overrides = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
+    check_numbers(FLAGS.batch_size, FLAGS.seq_len, FLAGS.steps, FLAGS.warmup)
+    cfg = model_config(FLAGS.preset, FLAGS.seq_len, FLAGS.dtype, **overrides)
+    # AdamW with the default TrainConfig's hyperparameters; warmup is sized so the lr is nonzero.
+    train_cfg = TrainConfig(steps=FLAGS.warmup + FLAGS.steps, warmup_steps=1, seed=FLAGS.seed)
+    info = device_info()
+    out = FLAGS.out or os.path.join(os.path.dirname(__file__), "results",
+                                    f"{datetime.date.today()}-{device_slug(info)}.json")
+    batch = synthetic_batch(FLAGS.batch_size, FLAGS.seq_len, cfg.vocab_size, FLAGS.seed)
+    ours = run_ours(cfg, train_cfg, batch, FLAGS.mesh, FLAGS.warmup, FLAGS.steps)
+    peer = {"skipped": "--peer=none"}
+    if FLAGS.peer == "hf":
+        peer = run_hf_peer(cfg, train_cfg, batch["tokens"], FLAGS.warmup, FLAGS.steps)
+    run = {"benchmark": "train_throughput",
+           "command": shlex.join(["python", "-m", "benchmarks.train_throughput", *sys.argv[1:]]),
+           "time": datetime.datetime.now().isoformat(timespec="seconds"),
+           "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "config": {"preset": FLAGS.preset, "overrides": overrides, "batch_size": FLAGS.batch_size,
+                      "seq_len": FLAGS.seq_len, "dtype": FLAGS.dtype, "mesh": FLAGS.mesh,
+                      "steps": FLAGS.steps, "warmup": FLAGS.warmup, "model": cfg.to_dict()},
+           "ours": ours, "peer": peer,
+           "ratio": ours["tokens_per_s"] / peer["tokens_per_s"] if "tokens_per_s" in peer else None}
+    print(table(run))
+    merge_into(out, run, {"device": info, "versions": versions(), "date": str(datetime.date.today())})
+    print(f"wrote {out}")
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        exit_with(UserError(f"{e}; see python -m benchmarks.train_throughput --help"))
+
+
+def _main(argv: list[str]) -> None:
+    try:
+        main(argv)
+    except UserError as e:
+        exit_with(e)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(_main, argv=sys.argv, flags_parser=_parse)

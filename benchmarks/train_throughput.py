@@ -20,7 +20,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from model import sharding
 from model.config import ModelConfig, get_preset
@@ -59,7 +59,10 @@ def define_flags() -> None:
 
 
 def model_config(preset: str, seq_len: int, dtype: str, **sizes: int | None) -> ModelConfig:
-    cfg = get_preset(preset).replace(dtype=dtype, **sizes)
+    base = get_preset(preset)
+    if sizes.get("num_heads") and not sizes.get("num_kv_heads") and base.num_kv_heads == base.num_heads:
+        sizes["num_kv_heads"] = sizes["num_heads"]  # --num_heads on an MHA preset keeps it MHA
+    cfg = base.replace(dtype=dtype, **sizes)
     return cfg.replace(max_len=max(cfg.max_len, seq_len))  # as train/prepare.py does
 
 
@@ -256,12 +259,13 @@ def table(run: dict) -> str:
         compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
         return (f"{name:<6} {compile_s:>9} {r['step_time_s']:>10.4f} {r['tokens_per_s']:>12,.0f} "
                 f"{100 * r['mfu']:>7.2f}% {r['params'] / 1e6:>8.2f}M "
-                f"{mem / 2**30 if mem else float('nan'):>8.3f}")
+                + (f"{mem / 2**30:>8.3f}" if mem else f"{'-':>8}"))
     c = run["config"]
-    lines = [f"{c['preset']} {c['overrides']} batch {c['batch_size']} x seq {c['seq_len']}, "
-             f"{c['dtype']}, mesh {run['ours']['mesh']}",
-             f"{'':<6} {'compile_s':>9} {'step_s':>10} {'tokens/s':>12} {'MFU':>8} {'params':>9} "
-             f"{'mem GiB':>8}", row("ours", run["ours"]), row("peer", run["peer"])]
+    title = (f"{c['preset']} {c['overrides']} batch {c['batch_size']} x seq {c['seq_len']}, "
+             f"{c['dtype']}, mesh {run['ours']['mesh']}")
+    header = (f"{'':<6} {'compile_s':>9} {'step_s':>10} {'tokens/s':>12} {'MFU':>8} "
+              f"{'params':>9} {'mem GiB':>8}")
+    lines = [title, header, row("ours", run["ours"]), row("peer", run["peer"])]
     if run["ratio"] is not None:
         lines.append(f"ratio ours/peer tokens/s: {run['ratio']:.2f}x")
     return "\n".join(lines)
@@ -305,6 +309,8 @@ def _parse(argv: list[str]) -> list[str]:
 
 
 def _main(argv: list[str]) -> None:
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # jax logs its backend probing at INFO
     try:
         main(argv)
     except UserError as e:

@@ -58,11 +58,13 @@ def test_rows_reconstruct_documents_in_order(small_tokenizer: Tokenizer):
     segs = [row for b in _dataset(tok, shuffle=False, repeat=False) for row in b["segment_ids"]]
     stream = np.concatenate([r[s > 0] for r, s in zip(rows, segs)])
     np.testing.assert_array_equal(stream, expected)
-    # Inside a row a new segment starts exactly after an EOS: one segment per document piece.
+    # Inside a row a new segment starts after every EOS (documents never share a segment); long
+    # documents are also cut into row-sized pieces at line boundaries, each its own segment.
     for row, seg in zip(rows, segs):
         valid = seg > 0
         new_segment = (seg[1:] != seg[:-1]) & valid[1:]
-        np.testing.assert_array_equal(new_segment, (row[:-1] == tok.eos_id) & valid[1:])
+        after_eos = (row[:-1] == tok.eos_id) & valid[1:]
+        assert np.all(new_segment[after_eos])
     lengths = [len(tok.encode(d)) + 1 for d in DOCS]
     assert max(lengths) > LENGTH  # some documents really are split across rows
     assert tok.decode(stream[: lengths[0] - 1]) == DOCS[0]
@@ -153,3 +155,14 @@ def test_bad_arguments_raise_user_error(small_tokenizer: Tokenizer):
         )
     with pytest.raises(UserError, match="length"):
         packed_dataset(DOCS, small_tokenizer, length=1, batch_size=1, seed=0)
+
+
+def test_chunks_split_at_lines_and_mark_the_document_end():
+    from data.pipeline import _chunks
+
+    text = "".join(f"line {i}\n" for i in range(100))
+    pieces = _chunks(text, 50)
+    assert "".join(p for p, _ in pieces) == text
+    assert all(len(p) <= 50 and p.endswith("\n") for p, _ in pieces)
+    assert [last for _, last in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert _chunks("x" * 120, 50) == [("x" * 120, True)]  # one long line stays whole

@@ -1,0 +1,40 @@
+"""Smoke test of benchmarks/train_throughput.py on a tiny GPT-2 shape: both sides run, the JSON
+merges, and bad input is one line with exit code 2. Real timings are a benchmark, not a test."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import train_throughput as tt
+from train.flags import TrainConfig
+
+
+def test_tiny_run_measures_both_sides_and_merges(tmp_path):
+    pytest.importorskip("transformers")
+    cfg = tt.model_config("tiny_gpt", 16, "float32", num_layers=1)
+    train_cfg = TrainConfig(steps=2, warmup_steps=1)
+    batch = tt.synthetic_batch(8, 16, cfg.vocab_size, seed=0)
+    ours = tt.run_ours(cfg, train_cfg, batch, "", warmup=1, steps=1)
+    peer = tt.run_hf_peer(cfg, train_cfg, batch["tokens"], warmup=0, steps=1)
+    assert ours["params"] == peer["params"] == cfg.num_params()  # same shape on both sides
+    assert ours["tokens_per_s"] > 0 and peer["tokens_per_s"] > 0
+    out = tmp_path / "r.json"
+    for i in range(2):
+        tt.merge_into(str(out), {"i": i}, {"device": tt.device_info(), "versions": tt.versions()})
+    assert [r["i"] for r in json.loads(out.read_text())["runs"]] == [0, 1]
+
+
+def test_llama_shape_skips_the_gpt2_peer():
+    cfg = tt.model_config("tiny_llama", 16, "float32")
+    assert "skipped" in tt.run_hf_peer(cfg, TrainConfig(), None, warmup=0, steps=1)
+
+
+def test_bad_preset_is_one_line_and_exit_2(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--preset=nope",
+                           f"--out={out}"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown preset")
+    assert not out.exists()

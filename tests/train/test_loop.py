@@ -61,7 +61,8 @@ def test_workdir_contract(learning_run):
         assert name in names
     assert any(n.startswith("events.") for n in names)
     assert os.listdir(os.path.join(cfg.workdir, "checkpoints")) == ["60"]
-    config = json.load(open(os.path.join(cfg.workdir, "config.json")))
+    with open(os.path.join(cfg.workdir, "config.json")) as f:
+        config = json.load(f)
     assert config["model"]["vocab_size"] == 512 and config["flags"]["steps"] == 60
     assert config["corpus"]["source"] == "stdlib" and config["unigram_loss"] > 3
     for line in _metrics(cfg.workdir):

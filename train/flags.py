@@ -62,7 +62,7 @@ class TrainConfig:
     decay_fraction: float = _f(0.2, "wsd: fraction of the steps spent decaying at the end.")
     weight_decay: float = _f(0.1, "Decoupled weight decay of matrices and embeddings.")
     beta1: float = _f(0.9, "Adam beta1 / SGD momentum.")
-    beta2: float = _f(0.95, "Adam beta2.")
+    beta2: float = _f(0.95, "Adam beta2 (second-moment decay).")
     clip_norm: float = _f(1.0, "Clip gradients to this global norm; 0 disables.")
     max_nonfinite: int = _f(10, "Stop after this many consecutive steps with a non-finite loss or "
                                 "gradient (each such step is skipped).")

@@ -48,6 +48,9 @@ class ModelConfig:
     def replace(self, **overrides: Any) -> "ModelConfig":
         """Returns a validated copy; `None` values leave the field as it is."""
         changes = {k: v for k, v in overrides.items() if v is not None}
+        if ("num_heads" in changes and "num_kv_heads" not in changes
+                and self.num_kv_heads == self.num_heads):
+            changes["num_kv_heads"] = changes["num_heads"]  # an MHA preset stays MHA
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise UserError(f"unknown model setting(s) {sorted(unknown)}")

@@ -20,7 +20,7 @@ from model import sharding
 from model.transformer import build_model
 from train.checkpoint import Checkpointer, restore_params
 from train.flags import TrainConfig
-from train.metrics import MetricsWriter, format_line, peak_flops, train_flops_per_token
+from train.metrics import MetricsWriter, format_line, peak_flops, plot_curves, train_flops_per_token
 from train.objectives import get_objective
 from train.optimizer import make_optimizer
 from train.prepare import Run, prepare
@@ -160,5 +160,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         bar.close()
     checkpointer.close()
     metrics.close()
+    if last and jax.process_index() == 0:
+        _say(f"loss curve: {plot_curves(run.workdir, extra['unigram_loss'])}")
     logging.info("done: %s", last)
     return last

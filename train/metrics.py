@@ -93,3 +93,33 @@ def format_line(step: int, total: int, values: dict[str, Any]) -> str:
     if "step_time_s" in values:
         parts.append(f"{values['step_time_s']:.3f} s/step")
     return " | ".join(parts)
+
+
+def plot_curves(workdir: str, baseline: float | None = None) -> str:
+    """Draws WORKDIR/loss.png: train and eval loss against tokens seen (with the unigram
+    baseline, the loss a model that ignores context would reach); returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    train = [(r["tokens_seen"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["tokens_seen"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="held-out loss")
+    if baseline:
+        ax.axhline(baseline, color="gray", linestyle="--", label=f"unigram baseline {baseline:.2f}")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(os.path.basename(os.path.normpath(workdir)))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = os.path.join(workdir, "loss.png")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

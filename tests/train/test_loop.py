@@ -60,6 +60,8 @@ def test_workdir_contract(learning_run):
     for name in ("config.json", "flags.txt", "tokenizer.model", "metrics.jsonl", "checkpoints"):
         assert name in names
     assert any(n.startswith("events.") for n in names)
+    with open(os.path.join(cfg.workdir, "loss.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(os.path.join(cfg.workdir, "checkpoints")) == ["60"]
     with open(os.path.join(cfg.workdir, "config.json")) as f:
         config = json.load(f)

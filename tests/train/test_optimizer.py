@@ -40,11 +40,15 @@ def test_every_optimizer_fits_a_regression(name):
     def loss(p):
         return jnp.mean((x @ p["dense"]["kernel"] - x @ w_true) ** 2)
 
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        return optax.apply_updates(params, updates), state
+
     state = tx.init(params)
     start = float(loss(params))
     for _ in range(200):
-        updates, state = tx.update(jax.grad(loss)(params), state, params)
-        params = optax.apply_updates(params, updates)
+        params, state = step(params, state)
     assert float(loss(params)) < 0.05 * start
 
 

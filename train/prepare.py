@@ -5,6 +5,7 @@ refused run leaves the workdir exactly as it was."""
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 
 import jax
@@ -20,6 +21,7 @@ from train.flags import MODEL_OVERRIDES, TrainConfig, flagfile_text
 from train.objectives import EXTRA_TOKENS, get_objective
 from train.optimizer import make_optimizer
 
+_TMP_PREFIX = "meshlm-tokenizer-"
 POSITIVE = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "eval_batches",
             "keep_checkpoints")
 
@@ -47,6 +49,8 @@ class Run:
         if os.path.abspath(self.tokenizer.path) != os.path.abspath(target):
             with open(self.tokenizer.path, "rb") as src:
                 _atomic_write(target, src.read())
+            if os.path.basename(os.path.dirname(self.tokenizer.path)).startswith(_TMP_PREFIX):
+                shutil.rmtree(os.path.dirname(self.tokenizer.path), ignore_errors=True)
             self.tokenizer.path = target
         config = {"flags": self.cfg.to_flags(), "model": self.model.to_dict(),
                   "corpus": self.corpus.fingerprint, **extra}
@@ -106,7 +110,7 @@ def _tokenizer(cfg: TrainConfig, workdir: str, corpus: Corpus, vocab_size: int) 
         return load_tokenizer(cfg.tokenizer)
     logging.info("training a %d-piece tokenizer on %s", vocab_size, cfg.data)
     return train_tokenizer(corpus.train, vocab_size,
-                           os.path.join(tempfile.mkdtemp(prefix="meshlm-"), "tokenizer.model"))
+                           os.path.join(tempfile.mkdtemp(prefix=_TMP_PREFIX), "tokenizer.model"))
 
 
 def prepare(cfg: TrainConfig) -> Run:

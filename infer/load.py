@@ -1,0 +1,56 @@
+"""Loads a model for inference from a training workdir or a converted model directory:
+config.json -> ModelConfig, the latest checkpoint's params placed on a mesh, the tokenizer."""
+
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from data.tokenizer import Tokenizer, load_tokenizer
+from model import sharding
+from model.config import ModelConfig
+from model.errors import UserError
+from model.transformer import build_model
+from train.checkpoint import restore_params
+
+
+@dataclasses.dataclass
+class Loaded:
+    config: ModelConfig
+    model: nn.Module
+    params: dict  # {"params": ...} ready for model.apply
+    mesh: Mesh
+    tokenizer: Tokenizer | None  # None when the directory has no tokenizer files
+
+
+def read_config(path: str) -> ModelConfig:
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise UserError(f"--checkpoint={path} has no config.json; point it at a training "
+                        f"workdir or a converted model")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            return ModelConfig.from_dict(json.load(f)["model"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{config_path} is unreadable ({e}); restore it or retrain") from None
+
+
+def load(path: str, mesh_spec: str = "") -> Loaded:
+    """Params are restored straight into their shardings on the mesh (the same rules table as
+    training), so a model larger than one device loads tensor- or fsdp-parallel."""
+    config = read_config(path)
+    model = build_model(config)
+    mesh = sharding.make_mesh(mesh_spec)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+        boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+    shardings = sharding.state_shardings(boxed["params"], mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            sharding.unbox(boxed["params"]), shardings)
+    params = restore_params(path, abstract)
+    tokenizer_path = os.path.join(path, "tokenizer.model")
+    tokenizer = load_tokenizer(tokenizer_path) if os.path.exists(tokenizer_path) else None
+    return Loaded(config, model, {"params": params}, mesh, tokenizer)

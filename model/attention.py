@@ -65,14 +65,31 @@ class Attention(nn.Module):
         return constrain(y, "batch", "length", heads_axis, "head_dim")
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
+    def __call__(self, x: Array, positions: Array, segment_ids: Array,
+                 cache: dict[str, Array] | None = None, cache_index: Array | None = None,
+                 kv_segments: Array | None = None) -> Array | tuple[Array, dict[str, Array]]:
+        """Without `cache`: attention within x. With `cache` ({"k", "v"}: [batch, cache_len,
+        kv_heads, head_dim]): x's keys/values are written at slot `cache_index` onward and x
+        attends to every filled slot whose segment (`kv_segments`: [batch, cache_len], 0 =
+        empty or padding) matches its own; returns (y, updated cache)."""
         cfg = self.config
         q = self._project(x, "query", cfg.num_heads, "heads")
         k = self._project(x, "key", cfg.num_kv_heads, "kv_heads")
         v = self._project(x, "value", cfg.num_kv_heads, "kv_heads")
         if cfg.positions == "rope":
             q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
-        mask = attention_mask(segment_ids, segment_ids, self.causal)
+        if cache is None:
+            mask = attention_mask(segment_ids, segment_ids, self.causal)
+        else:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            cache = {"k": k, "v": v}
+            q_slots = cache_index + jnp.arange(x.shape[1])
+            mask = (segment_ids[:, :, None] == kv_segments[:, None, :]) & (
+                jnp.arange(kv_segments.shape[1])[None, None, :] <= q_slots[None, :, None])
+            mask = mask[:, None]
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
         # GQA needs no repeat: dot_product_attention groups query heads over the kv heads.
         out = jax.nn.dot_product_attention(q, k, v, mask=mask,
                                            implementation=_IMPLEMENTATION[cfg.attention])
@@ -85,4 +102,4 @@ class Attention(nn.Module):
                                                                        ("embed",)),
                               (cfg.d_model,), dtype_of(cfg.param_dtype))
             y = y + bias.astype(y.dtype)
-        return y
+        return y if cache is None else (y, cache)

@@ -27,22 +27,33 @@ class DecoderBlock(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> tuple[Array, None]:
+    def __call__(self, x: Array, positions: Array, segment_ids: Array, cache=None,
+                 cache_index=None, kv_segments=None) -> tuple[Array, dict | None]:
         cfg = self.config
         h = Attention(cfg, causal=True, name="attention")(Norm(cfg, name="attention_norm")(x),
-                                                         positions, segment_ids)
+                                                         positions, segment_ids, cache,
+                                                         cache_index, kv_segments)
+        if cache is not None:
+            h, cache = h
         x = constrain(x + h, "batch", "length", "embed")
         h = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
-        return constrain(x + h, "batch", "length", "embed"), None
+        return constrain(x + h, "batch", "length", "embed"), cache
 
 
-def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers") -> nn.Module:
-    """`cfg.num_layers` copies of `block`, scanned and/or rematerialised as the config says."""
-    if cfg.remat != "none":
+def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers",
+                 decode: bool = False) -> nn.Module:
+    """`cfg.num_layers` copies of `block`, scanned and/or rematerialised as the config says.
+
+    With `decode`, the stack also takes a per-layer KV cache (leading `layers` axis, scanned like
+    the params) plus the broadcast cache index and kv segments, and returns the updated cache.
+    Remat is a training-memory trade, so decoding never uses it.
+    """
+    if cfg.remat != "none" and not decode:
         block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
+        in_axes = (nn.broadcast, nn.broadcast) + ((0, nn.broadcast, nn.broadcast) if decode else ())
         scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                          in_axes=in_axes, length=cfg.num_layers,
                           metadata_params={nn.PARTITION_NAME: "layers"})
         return scanned(cfg, name=name)
     return _Unrolled(block, cfg, name=name)
@@ -53,10 +64,17 @@ class _Unrolled(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, *args: Array) -> tuple[Array, None]:
+    def __call__(self, x: Array, positions: Array, segment_ids: Array, cache=None,
+                 *decode_args: Array) -> tuple[Array, dict | None]:
+        caches = []
         for i in range(self.config.num_layers):
-            x, _ = self.block(self.config, name=f"layer_{i}")(x, *args)
-        return x, None
+            layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
+            x, layer_cache = self.block(self.config, name=f"layer_{i}")(
+                x, positions, segment_ids, layer_cache, *decode_args)
+            caches.append(layer_cache)
+        if cache is None:
+            return x, None
+        return x, jax.tree.map(lambda *c: jnp.stack(c), *caches)
 
 
 class Decoder(nn.Module):
@@ -70,7 +88,10 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Array, positions: Array | None = None,
-                 segment_ids: Array | None = None) -> Array:
+                 segment_ids: Array | None = None, cache: dict | None = None,
+                 cache_index: Array | None = None,
+                 kv_segments: Array | None = None) -> Array | tuple[Array, dict]:
+        """With `cache` (see `infer/cache.py`) returns (logits, updated cache)."""
         cfg = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -80,7 +101,9 @@ class Decoder(nn.Module):
         x = embed(tokens)
         if cfg.positions == "learned":
             x = x + PositionEmbed(cfg, name="position_embed")(positions)
-        x, _ = stack_layers(DecoderBlock, cfg)(x, positions, segment_ids)
+        decode_args = () if cache is None else (cache, cache_index, kv_segments)
+        x, cache = stack_layers(DecoderBlock, cfg, decode=bool(decode_args))(
+            x, positions, segment_ids, *decode_args)
         x = Norm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)
@@ -89,7 +112,8 @@ class Decoder(nn.Module):
                                                                         ("embed", "vocab")),
                                 (cfg.d_model, cfg.vocab_size), dtype_of(cfg.param_dtype))
             logits = jnp.einsum("ble,ev->blv", x, kernel.astype(x.dtype))
-        return constrain(logits.astype(jnp.float32), "batch", "length", "vocab")
+        logits = constrain(logits.astype(jnp.float32), "batch", "length", "vocab")
+        return logits if cache is None else (logits, cache)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

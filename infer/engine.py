@@ -1,0 +1,95 @@
+"""KV-cache generation for decoder-only models: one prefill over the (left-padded) prompts, then
+the whole decode loop on device in a `lax.while_loop`, stopping at EOS or max_new_tokens.
+
+Prompts of different lengths share one batch by left padding: padding has segment 0, so real
+tokens never attend to it, and positions count from each row's first real token. The cache is
+preallocated ([layers, batch, prompt + new, kv_heads, head_dim]) and updated in place.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infer.sampling import Sampling, sample
+from model import sharding
+from model.config import ModelConfig
+from model.errors import UserError
+from model.layers import dtype_of
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array]:
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.resolved_head_dim)
+    zeros = jnp.zeros(shape, dtype_of(cfg.dtype))
+    return {"k": zeros, "v": zeros}
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32[batch, longest], segments int32[batch, longest]: 1 real, 0 padding)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), longest), pad_id, np.int32)
+    segments = np.zeros_like(tokens)
+    for row, prompt in enumerate(prompts):
+        tokens[row, longest - len(prompt):] = prompt
+        segments[row, longest - len(prompt):] = 1
+    return tokens, segments
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id"))
+def _generate(model, params, tokens, segments, rng, *, max_new_tokens: int, sampling: Sampling,
+              eos_id: int):
+    batch, prompt_len = tokens.shape
+    total = prompt_len + max_new_tokens
+    positions = jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
+    kv_segments = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(segments)
+    cache = init_cache(model.config, batch, total)
+    logits, cache = model.apply(params, tokens, positions, segments, cache, 0, kv_segments)
+    rng, step_rng = jax.random.split(rng)
+    first = sample(logits[:, -1], step_rng, sampling)
+    out = jnp.full((batch, max_new_tokens), eos_id, jnp.int32)
+
+    def cond(carry):
+        i, _, _, done, *_ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, token, out, done, cache, kv_segments, position, rng = carry
+        out = out.at[:, i].set(jnp.where(done, eos_id, token))
+        done = done | (token == eos_id)
+        slot = prompt_len + i
+        kv_segments = kv_segments.at[:, slot].set(1)
+        ones = jnp.ones((batch, 1), jnp.int32)
+        logits, cache = model.apply(params, token[:, None], position[:, None], ones, cache, slot,
+                                    kv_segments)
+        rng, step_rng = jax.random.split(rng)
+        token = sample(logits[:, -1], step_rng, sampling)
+        return i + 1, token, out, done, cache, kv_segments, position + 1, rng
+
+    done = jnp.zeros((batch,), bool)
+    carry = (0, first, out, done, cache, kv_segments, positions[:, -1] + 1, rng)
+    i, _, out, done, *_ = jax.lax.while_loop(cond, body, carry)
+    return out, i
+
+
+def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
+             sampling: Sampling = Sampling(), seed: int = 0, eos_id: int = -1) -> list[list[int]]:
+    """Generated ids per prompt (EOS and anything after it excluded)."""
+    cfg = loaded.config
+    tokens, segments = left_pad(prompts)
+    if tokens.shape[1] + max_new_tokens > cfg.max_len:
+        raise UserError(f"prompt ({tokens.shape[1]} tokens) + --max_new_tokens={max_new_tokens} "
+                        f"exceeds the model's context of {cfg.max_len}; shorten one of them")
+    if max_new_tokens <= 0:
+        raise UserError(f"--max_new_tokens must be positive, got {max_new_tokens}")
+    with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
+        out, _ = _generate(loaded.model, loaded.params, tokens, segments, jax.random.PRNGKey(seed),
+                           max_new_tokens=max_new_tokens, sampling=sampling.validated(),
+                           eos_id=eos_id)
+    rows = []
+    for row in np.asarray(jax.device_get(out)).tolist():
+        rows.append(row[:row.index(eos_id)] if eos_id in row else row)
+    return rows

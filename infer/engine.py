@@ -39,9 +39,10 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.
     return tokens, segments
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id",
+                                             "on_token"))
 def _generate(model, params, tokens, segments, rng, *, max_new_tokens: int, sampling: Sampling,
-              eos_id: int):
+              eos_id: int, on_token=None):
     batch, prompt_len = tokens.shape
     total = prompt_len + max_new_tokens
     positions = jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
@@ -60,6 +61,9 @@ def _generate(model, params, tokens, segments, rng, *, max_new_tokens: int, samp
         i, token, out, done, cache, kv_segments, position, rng = carry
         out = out.at[:, i].set(jnp.where(done, eos_id, token))
         done = done | (token == eos_id)
+        if on_token is not None:
+            # Unordered (ordered effects are single-device only): the callee orders by step.
+            jax.debug.callback(on_token, i, token, done)
         slot = prompt_len + i
         kv_segments = kv_segments.at[:, slot].set(1)
         ones = jnp.ones((batch, 1), jnp.int32)
@@ -76,9 +80,12 @@ def _generate(model, params, tokens, segments, rng, *, max_new_tokens: int, samp
 
 
 def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
-             sampling: Sampling = Sampling(), seed: int = 0, eos_id: int = -1) -> list[list[int]]:
-    """Generated ids per prompt (EOS and anything after it excluded)."""
+             sampling: Sampling | None = None, seed: int = 0, eos_id: int = -1,
+             on_token=None) -> list[list[int]]:
+    """Generated ids per prompt (EOS and anything after it excluded). `on_token(step, tokens,
+    done)` is called on the host as each step's tokens are chosen (for streaming)."""
     cfg = loaded.config
+    sampling = sampling or Sampling()
     tokens, segments = left_pad(prompts)
     if tokens.shape[1] + max_new_tokens > cfg.max_len:
         raise UserError(f"prompt ({tokens.shape[1]} tokens) + --max_new_tokens={max_new_tokens} "
@@ -88,7 +95,7 @@ def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
         out, _ = _generate(loaded.model, loaded.params, tokens, segments, jax.random.PRNGKey(seed),
                            max_new_tokens=max_new_tokens, sampling=sampling.validated(),
-                           eos_id=eos_id)
+                           eos_id=eos_id, on_token=on_token)
     rows = []
     for row in np.asarray(jax.device_get(out)).tolist():
         rows.append(row[:row.index(eos_id)] if eos_id in row else row)

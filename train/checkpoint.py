@@ -61,21 +61,21 @@ class Checkpointer:
 def restore_params(path: str, abstract_params: Any) -> Any:
     """Params of the latest checkpoint in a workdir (or converted model dir) at `path`, placed as
     `abstract_params` says; the optimizer state there is not read (fine-tuning starts it fresh)."""
-    directory = os.path.join(path, "checkpoints")
+    directory = os.path.join(os.path.abspath(path), "checkpoints")
     if not os.path.isdir(directory):
-        raise UserError(f"--init_from={path}: no checkpoints/ directory there; point it at a "
-                        f"training workdir or a converted model")
+        raise UserError(f"{path}: no checkpoints/ directory there; point it at a training "
+                        f"workdir or a converted model")
     manager = ocp.CheckpointManager(directory, item_names=("state",))
     step = manager.latest_step()
     if step is None:
-        raise UserError(f"--init_from={path}: it holds no complete checkpoint")
+        raise UserError(f"{path}: it holds no complete checkpoint")
     target = {"params": abstract_params}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
     try:
         out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=target, restore_args=restore_args, partial_restore=True)))
     except (ValueError, KeyError) as e:
-        raise UserError(f"--init_from={path}: its params do not match this model's shapes "
+        raise UserError(f"{path}: its params do not match this model's shapes "
                         f"({str(e).splitlines()[0][:200]})") from None
     logging.info("initialised params from %s step %d", path, step)
     return out.state["params"]

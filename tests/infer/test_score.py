@@ -12,23 +12,13 @@ import pytest
 from infer.load import load
 from infer.score import score
 from model.transformer import build_model
+from tests.infer.conftest import CFG
 from train.checkpoint import Checkpointer
-from train.flags import TrainConfig
-from train.loop import train
 from train.optimizer import make_optimizer
 from train.prepare import prepare
 from train.state import abstract_state
 
-CFG = TrainConfig(preset="tiny", vocab_size=512, seq_len=32, batch_size=8, steps=4,
-                  warmup_steps=1, log_every=2, eval_every=0, save_every=4)
 TOKENS = np.random.default_rng(0).integers(0, 512, (3, 20)).astype(np.int32)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    cfg = CFG.replace(workdir=str(tmp_path_factory.mktemp("scored")))
-    train(cfg)
-    return cfg.workdir
 
 
 def _reference_logits(workdir):

@@ -1,0 +1,114 @@
+"""`python -m infer.generate --checkpoint=PATH --prompt=TEXT --max_new_tokens=N`: streams the
+continuation to the console; `--json=OUT` also writes prompt and generated ids and text."""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from model.errors import UserError, exit_with
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("checkpoint", None, "Training workdir or converted model directory.")
+    flags.DEFINE_string("prompt", None, "Text to continue.")
+    flags.DEFINE_string("batch_file", None, "File with one prompt per line, generated as one "
+                                            "batch (instead of --prompt).")
+    flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most per prompt.")
+    flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 is greedy.")
+    flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens; 0 disables.")
+    flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set with this probability mass.")
+    flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_string("json", None, "Also write {prompt_tokens, tokens, text} to this file.")
+    flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
+
+
+def _prompts() -> list[str]:
+    if bool(FLAGS.prompt) == bool(FLAGS.batch_file):
+        raise UserError("give exactly one of --prompt=TEXT or --batch_file=PATH")
+    if FLAGS.prompt:
+        return [FLAGS.prompt]
+    try:
+        with open(FLAGS.batch_file, encoding="utf-8") as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--batch_file={FLAGS.batch_file} is unreadable ({e})") from None
+    if not prompts:
+        raise UserError(f"--batch_file={FLAGS.batch_file} has no prompts")
+    return prompts
+
+
+class _Stream:
+    """Prints row 0's text as it grows. Callbacks may arrive out of step order, so tokens are
+    kept by step and only the contiguous prefix is decoded (whole, so a multi-byte character
+    split over tokens prints once complete)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.by_step, self.printed = tokenizer, {}, ""
+
+    def __call__(self, step, tokens, done) -> None:
+        self.by_step[int(step)] = None if bool(done[0]) else int(tokens[0])
+        ids = []
+        while len(ids) in self.by_step and self.by_step[len(ids)] is not None:
+            ids.append(self.by_step[len(ids)])
+        text = self.tokenizer.decode(ids)
+        if len(text) > len(self.printed) and not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(self.printed):])
+            sys.stdout.flush()
+            self.printed = text
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from infer.engine import generate
+    from infer.load import load
+    from infer.sampling import Sampling
+
+    try:
+        if not FLAGS.checkpoint:
+            raise UserError("--checkpoint is required")
+        prompts = _prompts()
+        sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p).validated()
+        if FLAGS.json and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json))):
+            raise UserError(f"--json={FLAGS.json}: its directory does not exist")
+        loaded = load(FLAGS.checkpoint, FLAGS.mesh)
+        tok = loaded.tokenizer
+        if tok is None:
+            raise UserError(f"{FLAGS.checkpoint} has no tokenizer; text generation needs one "
+                            f"(infer.score works on token ids)")
+        prompt_ids = [tok.encode(p).tolist() for p in prompts]
+        stream = _Stream(tok) if len(prompts) == 1 else None
+        if stream:
+            sys.stdout.write(prompts[0])
+        out = generate(loaded, prompt_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
+                       tok.eos_id, on_token=stream)
+    except UserError as e:
+        exit_with(e)
+    texts = [tok.decode(ids) for ids in out]
+    if stream:
+        sys.stdout.write(texts[0][len(stream.printed):] + "\n")
+    else:
+        for prompt, text in zip(prompts, texts, strict=True):
+            print(f"{prompt}{text}\n---")
+    if FLAGS.json:
+        record = {"prompt_tokens": prompt_ids, "tokens": out, "text": texts}
+        tmp = FLAGS.json + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        os.replace(tmp, FLAGS.json)
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        exit_with(UserError(str(e)))
+
+
+if __name__ == "__main__":
+    define_flags()
+    logging.set_verbosity(logging.WARNING)
+    app.run(main, flags_parser=_parse)

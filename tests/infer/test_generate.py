@@ -1,0 +1,65 @@
+"""infer.generate as a user runs it: --json holds the engine's ids and their text; bad input is
+one line and exit code 2."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from infer.engine import generate
+from infer.load import load
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "infer.generate", *args], capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_json_matches_engine_and_streams_the_text(workdir, tmp_path):
+    out = tmp_path / "gen.json"
+    result = _cli(f"--checkpoint={workdir}", "--prompt=def f(x):\n", "--max_new_tokens=10",
+                  f"--json={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    loaded = load(workdir)
+    prompt_ids = loaded.tokenizer.encode("def f(x):\n").tolist()
+    assert record["prompt_tokens"] == [prompt_ids]
+    expected = generate(loaded, [prompt_ids], 10, eos_id=loaded.tokenizer.eos_id)
+    assert record["tokens"] == expected
+    assert record["text"] == [loaded.tokenizer.decode(expected[0])]
+    assert result.stdout.startswith("def f(x):\n" + record["text"][0])
+
+
+def test_batch_file_generates_one_row_per_prompt(workdir, tmp_path):
+    (tmp_path / "prompts.txt").write_text("import os\nclass A:\n\ndef g():\n")
+    out = tmp_path / "gen.json"
+    result = _cli(f"--checkpoint={workdir}", f"--batch_file={tmp_path}/prompts.txt",
+                  "--max_new_tokens=5", "--temperature=0.8", "--top_k=20", f"--json={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert len(record["tokens"]) == len(record["text"]) == 3
+    assert all(len(t) <= 5 for t in record["tokens"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max_new_tokens=5"], "exactly one of"),
+    (["--prompt=x", "--max_new_tokens=100000"], "exceeds the model's context"),
+    (["--prompt=x", "--temperature=-1"], "--temperature"),
+    (["--prompt=x", "--top_p=0"], "--top_p"),
+])
+def test_bad_input_exit_2(workdir, tmp_path, args, message):
+    result = _cli(f"--checkpoint={workdir}", f"--json={tmp_path}/o.json", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_model_without_tokenizer_says_so(workdir, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(workdir, bare)
+    (bare / "tokenizer.model").unlink()
+    result = _cli(f"--checkpoint={bare}", "--prompt=x")
+    assert result.returncode == 2 and "no tokenizer" in result.stderr

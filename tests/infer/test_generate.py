@@ -46,6 +46,7 @@ def test_batch_file_generates_one_row_per_prompt(workdir, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--max_new_tokens=5"], "exactly one of"),
     (["--prompt=x", "--max_new_tokens=100000"], "exceeds the model's context"),
+    (["--prompt=x", "--max_new_tokens=0"], "must be positive"),
     (["--prompt=x", "--temperature=-1"], "--temperature"),
     (["--prompt=x", "--top_p=0"], "--top_p"),
 ])

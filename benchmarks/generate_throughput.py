@@ -1,0 +1,157 @@
+"""Greedy generation speed of meshlm's KV-cache engine against HF transformers LlamaForCausalLM
+(static cache) of the same random-init shape, merged into benchmarks/results/<date>-<device>.json."""
+
+import datetime
+import os
+import shlex
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from benchmarks.train_throughput import device_info, device_slug, merge_into, versions
+from infer.bench import SIZE_FLAGS, bench_batch, random_loaded
+from model.config import ModelConfig, get_preset
+from model.errors import UserError, exit_with
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Registered by the entry point only, so importing this module (tests) defines nothing."""
+    flags.DEFINE_string("preset", "llama_1b", "Llama-shaped model preset; size flags override it.")
+    for name in SIZE_FLAGS:
+        flags.DEFINE_integer(name, None, f"Override the preset's {name} (default: the preset's).")
+    flags.DEFINE_integer("batch_size", 1, "Rows generated together.")
+    flags.DEFINE_integer("prompt_len", 128, "Prompt tokens per row (random ids).")
+    flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row (never stopping early).")
+    flags.DEFINE_integer("repeats", 3, "Timed repeats per side (median).")
+    flags.DEFINE_integer("seed", 0, "Seed of the weights and prompt tokens.")
+    flags.DEFINE_string("out", "", "JSON file to merge this run into (default: "
+                        "benchmarks/results/<YYYY-MM-DD>-<device>.json).")
+
+
+def llama_mismatch(cfg: ModelConfig) -> str:
+    """Why HF Llama cannot have this config's shape ('' when it can)."""
+    wanted = {"norm": "rmsnorm", "activation": "swiglu", "positions": "rope", "use_bias": False,
+              "tie_embeddings": False}
+    return ", ".join(f"{k}={getattr(cfg, k)}" for k, v in wanted.items() if getattr(cfg, k) != v)
+
+
+def run_hf(cfg: ModelConfig, tokens: np.ndarray, new_tokens: int, repeats: int) -> dict:
+    """LlamaForCausalLM.generate, greedy, static cache, fp32, all cores; or {'skipped': why}."""
+    if why := llama_mismatch(cfg):
+        return {"skipped": f"HF Llama peer needs a Llama-shaped config; this one has {why}"}
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        return {"skipped": f"torch/transformers not importable ({e})"}
+    torch.manual_seed(FLAGS.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.resolved_head_dim,
+        max_position_embeddings=cfg.max_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+        bos_token_id=0, eos_token_id=None, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(hf_cfg).eval()
+    inputs = torch.from_numpy(tokens.astype(np.int64))
+    mask = torch.ones_like(inputs)
+
+    def generate(n: int) -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=n,
+                                 min_new_tokens=n, do_sample=False,
+                                 cache_implementation="static")
+        elapsed = time.perf_counter() - t0
+        assert out.shape[1] == tokens.shape[1] + n, "HF generate stopped early"
+        return elapsed
+
+    generate(new_tokens)  # warm-up: allocates the static cache, warms the allocator
+    ttft = statistics.median(generate(1) for _ in range(repeats))
+    total = statistics.median(generate(new_tokens) for _ in range(repeats))
+    batch = tokens.shape[0]
+    return {"framework": f"transformers LlamaForCausalLM.generate (static cache, "
+                         f"{hf_cfg._attn_implementation} attention), greedy, torch fp32 on cpu",
+            "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters()),
+            "ttft_s": ttft, "end_to_end_s": total,
+            "tokens_per_s": batch * new_tokens / max(total - ttft, 1e-9),
+            "overall_tokens_per_s": batch * new_tokens / total}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    for name in ("batch_size", "prompt_len", "new_tokens", "repeats"):
+        if FLAGS[name].value <= 0:
+            raise UserError(f"--{name} must be a positive integer, got {FLAGS[name].value}")
+    sizes = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
+    total = FLAGS.prompt_len + FLAGS.new_tokens
+    cfg = get_preset(FLAGS.preset).replace(dtype="float32", **sizes)
+    cfg = cfg.replace(max_len=max(cfg.max_len, total))
+    if jax.device_count() != 1:
+        raise UserError("this benchmark compares one device with one torch process; run it "
+                        "without forced host device counts")
+    loaded = random_loaded(cfg, "", FLAGS.seed)
+    ours = bench_batch(loaded, FLAGS.batch_size, FLAGS.prompt_len, FLAGS.new_tokens,
+                       FLAGS.repeats, FLAGS.seed)
+    tokens = np.random.default_rng(FLAGS.seed).integers(
+        0, cfg.vocab_size, (FLAGS.batch_size, FLAGS.prompt_len), dtype=np.int32)
+    peer = run_hf(cfg, tokens, FLAGS.new_tokens, FLAGS.repeats)
+    ratios = {}
+    if "tokens_per_s" in peer:
+        ratios = {"decode_tokens_per_s": ours["tokens_per_s"] / peer["tokens_per_s"],
+                  "overall_tokens_per_s": ours["overall_tokens_per_s"] / peer["overall_tokens_per_s"]}
+    info = device_info()
+    run = {"benchmark": "generate_throughput",
+           "command": shlex.join(["python", "-m", "benchmarks.generate_throughput", *sys.argv[1:]]),
+           "time": datetime.datetime.now().isoformat(timespec="seconds"),
+           "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "config": {"preset": FLAGS.preset, "overrides": sizes, "batch_size": FLAGS.batch_size,
+                      "prompt_len": FLAGS.prompt_len, "new_tokens": FLAGS.new_tokens,
+                      "repeats": FLAGS.repeats, "sampling": "greedy", "model": cfg.to_dict()},
+           "ours": ours, "peer": peer, "ratio": ratios}
+    print(f"{FLAGS.preset} {sizes}, batch {FLAGS.batch_size}, prompt {FLAGS.prompt_len} + "
+          f"{FLAGS.new_tokens} new, greedy fp32, {info.get('cpu_model', info['device_kind'])}")
+    print(f"{'':<5} {'TTFT ms':>9} {'e2e s':>8} {'decode tok/s':>13} {'overall tok/s':>14}")
+    for name, r in (("ours", ours), ("hf", peer)):
+        if "skipped" in r:
+            print(f"{name:<5} skipped: {r['skipped']}")
+            continue
+        print(f"{name:<5} {1e3 * r['ttft_s']:>9.2f} {r['end_to_end_s']:>8.3f} "
+              f"{r['tokens_per_s']:>13,.1f} {r['overall_tokens_per_s']:>14,.1f}")
+    print(f"ours per-step (TPOT {1e3 * ours['tpot_s']:.2f} ms, host loop): "
+          f"{ours['step_tokens_per_s']:,.1f} tok/s")
+    for name, value in ratios.items():
+        print(f"ratio ours/hf {name}: {value:.2f}x")
+    out = FLAGS.out or os.path.join(os.path.dirname(__file__), "results",
+                                    f"{datetime.date.today()}-{device_slug(info)}.json")
+    merge_into(out, run, {"device": info, "versions": versions(), "date": str(datetime.date.today())})
+    print(f"wrote {out}")
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        exit_with(UserError(f"{e}; see python -m benchmarks.generate_throughput --help"))
+
+
+def _main(argv: list[str]) -> None:
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # jax logs its backend probing at INFO
+    try:
+        main(argv)
+    except UserError as e:
+        exit_with(e)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(_main, argv=sys.argv, flags_parser=_parse)

@@ -31,7 +31,7 @@ def load_corpus(spec: str = "stdlib", eval_fraction: float = 0.02) -> Corpus:
     if spec == "stdlib":
         docs = _stdlib_documents()
     else:
-        docs = [doc for path in _expand_spec(spec) for doc in _read_file(path)]
+        docs = [doc for path in expand_spec(spec) for doc in _read_file(path)]
     docs = [doc for doc in docs if doc.strip()]
     if not docs:
         raise UserError(f"corpus {spec!r} has no non-empty documents; point it at files with text.")
@@ -61,7 +61,12 @@ def _hash_key(text: str) -> bytes:
 
 
 def _stdlib_documents() -> list[str]:
-    """The running Python's stdlib sources, minus tests (they dwarf the rest and are repetitive)."""
+    return [text for _, text in stdlib_sources()]
+
+
+def stdlib_sources() -> list[tuple[str, str]]:
+    """(path relative to the stdlib root, source) of the running Python's stdlib .py files, sorted
+    by path, minus tests (they dwarf the rest and are repetitive) and non-UTF-8 files."""
     root = os.path.dirname(os.__file__)
     paths = []
     for directory, dirs, files in os.walk(root):
@@ -69,18 +74,19 @@ def _stdlib_documents() -> list[str]:
         for name in files:
             if name.endswith(".py") and not name.startswith("test"):
                 paths.append(os.path.relpath(os.path.join(directory, name), root))
-    docs = []
+    sources = []
     for rel in sorted(paths):
         try:
             with open(os.path.join(root, rel), encoding="utf-8") as f:
-                docs.append(f.read())
+                sources.append((rel, f.read()))
         except (UnicodeDecodeError, OSError):
             continue  # a handful of stdlib files are deliberately non-UTF-8 test fixtures
-    return docs
+    return sources
 
 
-def _expand_spec(spec: str) -> list[str]:
-    """Turns the comma-separated spec into a sorted, de-duplicated list of supported files."""
+def expand_spec(spec: str, suffixes: tuple[str, ...] = SUFFIXES) -> list[str]:
+    """Turns the comma-separated spec of files, globs and directories into a sorted,
+    de-duplicated list of files ending in one of `suffixes`."""
     paths: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -95,28 +101,36 @@ def _expand_spec(spec: str) -> list[str]:
             raise UserError(f"data path {part!r} does not exist; pass a file, glob or directory.")
         for match in matches:
             if os.path.isdir(match):
-                paths.extend(_walk_supported(match))
-            elif match.endswith(SUFFIXES):
+                paths.extend(_walk_supported(match, suffixes))
+            elif match.endswith(suffixes):
                 paths.append(match)
             else:
                 raise UserError(
-                    f"unsupported data file {match!r}; use one of {', '.join(SUFFIXES)}."
+                    f"unsupported data file {match!r}; use one of {', '.join(suffixes)}."
                 )
     if not paths:
-        raise UserError(f"--data={spec!r} names no {'/'.join(SUFFIXES)} files; check the paths.")
+        raise UserError(f"--data={spec!r} names no {'/'.join(suffixes)} files; check the paths.")
     return list(dict.fromkeys(paths))
 
 
-def _walk_supported(root: str) -> list[str]:
+def _walk_supported(root: str, suffixes: tuple[str, ...]) -> list[str]:
     found = []
     for directory, _, files in os.walk(root):
-        found.extend(os.path.join(directory, n) for n in files if n.endswith(SUFFIXES))
+        found.extend(os.path.join(directory, n) for n in files if n.endswith(suffixes))
     return sorted(found)
 
 
 def _read_file(path: str) -> list[str]:
     if path.endswith(".parquet"):
         return _read_parquet(path)
+    text = read_text(path)
+    if path.endswith(".txt"):
+        return [text]
+    return _parse_jsonl(path, text)
+
+
+def read_text(path: str) -> str:
+    """The text of the UTF-8 file `path`; a UserError if it is unreadable, binary or not UTF-8."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -130,9 +144,7 @@ def _read_file(path: str) -> list[str]:
         raise UserError(
             f"data file {path!r} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8."
         )
-    if path.endswith(".txt"):
-        return [text]
-    return _parse_jsonl(path, text)
+    return text
 
 
 def _parse_jsonl(path: str, text: str) -> list[str]:

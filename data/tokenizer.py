@@ -14,7 +14,10 @@ from data.corpus import sample
 from model.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-# 4 special ids + 256 byte-fallback pieces + the 2 user symbols must fit, plus room for merges.
+# Pieces the BERT formats need (data/mlm.py, data/nsp.py, data/classify.py). Trained in with
+# `extra_symbols=BERT_SYMBOLS` they take the ids right after "\n" and "\t": 6, 7, 8.
+BERT_SYMBOLS = ("[MASK]", "[CLS]", "[SEP]")
+# 4 special ids + 256 byte-fallback pieces + the user symbols must fit, plus room for merges.
 MIN_VOCAB_SIZE = 300
 # Enough text for stable BPE merges at small vocab sizes while keeping training to seconds.
 MAX_TRAIN_CHARS = 4_000_000
@@ -39,12 +42,27 @@ class Tokenizer:
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
+    def piece_id(self, piece: str) -> int | None:
+        """The id of the vocabulary piece `piece` (e.g. "[MASK]"), or None if it has none."""
+        piece_id = self._sp.piece_to_id(piece)
+        return piece_id if self._sp.id_to_piece(piece_id) == piece else None
+
     def __repr__(self) -> str:
         return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int, model_path: str) -> Tokenizer:
-    """Trains BPE on a deterministic <= 4M-character sample of `texts`; writes `model_path`."""
+def train_tokenizer(
+    texts: Sequence[str],
+    vocab_size: int,
+    model_path: str,
+    *,
+    extra_symbols: Sequence[str] = (),
+) -> Tokenizer:
+    """Trains BPE on a deterministic <= 4M-character sample of `texts`; writes `model_path`.
+
+    `extra_symbols` (e.g. BERT_SYMBOLS) become single pieces with the ids after the newline and
+    tab pieces, in the order given; the text "[MASK]" then encodes to that one id.
+    """
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(
             f"vocab_size={vocab_size} is too small; use at least {MIN_VOCAB_SIZE} "
@@ -72,7 +90,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, model_path: str) -> T
             unk_id=UNK_ID,
             bos_id=BOS_ID,
             eos_id=EOS_ID,
-            user_defined_symbols=["\n", "\t"],
+            user_defined_symbols=["\n", "\t", *extra_symbols],
             num_threads=os.cpu_count() or 1,
             max_sentence_length=1 << 30,  # whole documents are the "sentences"
             minloglevel=2,
@@ -126,7 +144,8 @@ def main(argv: Sequence[str]) -> None:
     args = flags.FLAGS
     try:
         corpus = load_corpus(args.data)
-        tokenizer = train_tokenizer(corpus.train, args.vocab_size, args.out)
+        extra = BERT_SYMBOLS if args.bert_symbols else ()
+        tokenizer = train_tokenizer(corpus.train, args.vocab_size, args.out, extra_symbols=extra)
     except UserError as e:
         exit_with(e)
     held_out = sample(corpus.eval, 1_000_000)
@@ -144,6 +163,11 @@ def _define_flags() -> None:
         "Corpus: 'stdlib' or comma-separated .txt/.jsonl/.parquet paths, globs or directories.",
     )
     flags.DEFINE_integer("vocab_size", 4096, "Number of tokens in the vocabulary.")
+    flags.DEFINE_bool(
+        "bert_symbols",
+        False,
+        "Add the pieces [MASK], [CLS], [SEP] (ids 6, 7, 8) that the MLM/NSP/classify data needs.",
+    )
     flags.DEFINE_string("out", None, "Path of the SentencePiece .model file to write. Required.")
     flags.mark_flag_as_required("out")
 

@@ -1,0 +1,126 @@
+"""Seq2seq pairs for encoder-decoder models: .jsonl source/target files, or the offline task
+"function code → the first paragraph of its docstring" built from the stdlib, and their batches."""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import grain
+import numpy as np
+
+from data.examples import example_dataset, host_share, pad_row
+from data.records import fingerprint, read_records, split
+from data.stdlib_functions import stdlib_functions
+from data.tokenizer import Tokenizer
+from model.errors import UserError
+
+STDLIB_SOURCE = "stdlib:docstrings"
+
+
+class Pair(NamedTuple):
+    source: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqTask:
+    train: list[Pair]
+    eval: list[Pair]  # held out: deterministic, disjoint from train, non-empty
+    fingerprint: dict  # JSON-able: source, python, num_examples, sha256
+
+
+def seq2seq_task(spec: str = "stdlib", eval_fraction: float = 0.05) -> Seq2SeqTask:
+    """The pairs of `spec`, split into train and a deterministic held-out eval set.
+
+    spec "stdlib": every stdlib function or method (data/stdlib_functions.py) with a docstring and
+    a body; source = its code with the docstring cut out (decorators and comments kept),
+    target = the docstring's first paragraph on one line; functions whose code repeats an
+    earlier one are dropped; held out by the hash of the qualified name.
+    Otherwise `spec` names .jsonl files (comma-separated files, globs, directories) whose lines are
+    objects with string fields "source" and "target"; held out by the hash of the source.
+    """
+    if spec == "stdlib":
+        named = _stdlib_pairs()
+        train_named, eval_named = split(named, lambda item: item[0], eval_fraction)
+        train, held_out = [p for _, p in train_named], [p for _, p in eval_named]
+        source = STDLIB_SOURCE
+    else:
+        records = read_records(spec, {"source": (str,), "target": (str,)})
+        pairs = [Pair(r["source"], r["target"]) for r in records]
+        train, held_out = split(pairs, lambda pair: pair.source, eval_fraction)
+        source = spec
+    return Seq2SeqTask(train, held_out, fingerprint(source, train + held_out))
+
+
+def _stdlib_pairs() -> list[tuple[str, Pair]]:
+    """(qualified name, pair) for the docstring task, in stdlib file order."""
+    seen, named = set(), []
+    for function in stdlib_functions():
+        if function.code and function.summary and function.code not in seen:
+            seen.add(function.code)
+            named.append((function.qualname, Pair(function.code, function.summary)))
+    return named
+
+
+def seq2seq_dataset(
+    pairs: Sequence[Pair],
+    tokenizer: Tokenizer,
+    *,
+    source_length: int,
+    target_length: int,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    repeat: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+) -> grain.IterDataset:
+    """Encoder-decoder batches of this host's share `pairs[i::count]`, one pair a row.
+
+    The source is encoded, cut to source_length - 1 tokens (keeping its start) and ends with EOS;
+    the target likewise to target_length - 1 tokens + EOS. Each element holds
+      encoder_tokens, encoder_segment_ids, encoder_positions: int32[batch_size, source_length]
+        (segment ids 1 on tokens, 0 on padding; positions 0, 1, ... on tokens, 0 on padding).
+      decoder_inputs: int32[batch_size, target_length], BOS + the target shifted right by one.
+      decoder_targets: int32[batch_size, target_length], the target + EOS, 0 on padding.
+      decoder_segment_ids, decoder_positions: int32[batch_size, target_length], as the encoder's.
+      decoder_weights: int32[batch_size, target_length], 1 where decoder_targets is scored.
+    Deterministic under `seed`, reshuffled each epoch with repeat=True; repeat=False is one pass
+    with zero rows (weights 0) padding the last batch. `iter(ds).get_state()` is JSON.
+    """
+    if source_length < 2 or target_length < 2:
+        raise UserError(
+            f"need source_length and target_length >= 2, got {source_length} and {target_length}."
+        )
+    host_pairs = host_share(pairs, process_index, process_count, "seq2seq pairs")
+    bos = np.asarray([tokenizer.bos_id], np.int32)
+    eos = np.asarray([tokenizer.eos_id], np.int32)
+
+    def featurize(pair: Pair, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        del rng  # pairs are used as they are
+        source = np.concatenate([tokenizer.encode(pair.source)[: source_length - 1], eos])
+        target = np.concatenate([tokenizer.encode(pair.target)[: target_length - 1], eos])
+        encoder = pad_row(source, source_length)
+        decoder = pad_row(np.concatenate([bos, target[:-1]]), target_length)
+        return {
+            "encoder_tokens": encoder["tokens"],
+            "encoder_segment_ids": encoder["segment_ids"],
+            "encoder_positions": encoder["positions"],
+            "decoder_inputs": decoder["tokens"],
+            "decoder_targets": pad_row(target, target_length)["tokens"],
+            "decoder_segment_ids": decoder["segment_ids"],
+            "decoder_positions": decoder["positions"],
+            "decoder_weights": decoder["segment_ids"].copy(),
+        }
+
+    return example_dataset(
+        host_pairs,
+        featurize,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        repeat=repeat,
+        process_index=process_index,
+        num_threads=num_threads,
+    )

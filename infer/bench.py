@@ -18,20 +18,14 @@ from absl import app, flags, logging
 from benchmarks.train_throughput import device_info, versions
 from infer.engine import _generate, init_cache
 from infer.load import Loaded
+from infer.roofline import device_peaks
 from infer.sampling import Sampling, sample
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError, exit_with
 from model.transformer import build_model
-from train.metrics import peak_flops
 
 SIZE_FLAGS = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size")
-# HBM bandwidth in bytes/s (vendor datasheets), matched as substrings of jax's device_kind.
-BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "TPU v5 lite": 8.2e11,
-             "TPU v5e": 8.2e11, "TPU v4": 1.2e12}
-# CPUs have no single datasheet figure; a nominal dual-channel DDR4/5 value keeps CPU MBU
-# comparable between runs on one machine only.
-CPU_BANDWIDTH = 5e10
 FLAGS = flags.FLAGS
 
 
@@ -54,20 +48,20 @@ def define_flags() -> None:
     flags.DEFINE_string("json", None, "Also write {device, versions, command, config, results}.")
 
 
-def parse_batch_sizes(text: str) -> list[int]:
+def parse_batch_sizes(text: str, flag: str = "batch_sizes") -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",")]
     except ValueError:
         sizes = []
     if not sizes or min(sizes) <= 0:
-        raise UserError(f"--batch_sizes={text} must be a comma-separated list of positive integers")
+        raise UserError(f"--{flag}={text} must be a comma-separated list of positive integers")
     return sizes
 
 
-def random_loaded(cfg: ModelConfig, mesh_spec: str, seed: int) -> Loaded:
+def random_loaded(cfg: ModelConfig, mesh_spec: str, seed: int, devices=None) -> Loaded:
     """Random-init params placed by the training rules, so speed can be studied without training."""
     model = build_model(cfg)
-    mesh = sharding.make_mesh(mesh_spec)
+    mesh = sharding.make_mesh(mesh_spec, devices)
     dummy = jnp.zeros((1, 2), jnp.int32)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         boxed = jax.eval_shape(model.init, jax.random.key(seed), dummy)
@@ -99,15 +93,6 @@ def resolve(checkpoint: str | None, preset: str | None, sizes: dict, dtype: str 
     # Random weights have no trained context length, so the position table may grow to fit.
     cfg = cfg.replace(max_len=max(cfg.max_len, total))
     return random_loaded(cfg, mesh_spec, seed), f"preset {preset}{f' {sizes}' if sizes else ''} (random init)"
-
-
-def bandwidth(device: jax.Device) -> tuple[float, str]:
-    if device.platform == "cpu":
-        return CPU_BANDWIDTH, "nominal CPU figure, comparable between runs on one machine only"
-    for name, value in BANDWIDTH.items():
-        if name.lower() in device.device_kind.lower():
-            return value, f"{name} datasheet"
-    return float("nan"), f"unknown device kind {device.device_kind!r}"
 
 
 def prefill_flops(cfg: ModelConfig, batch: int, prompt_len: int) -> float:
@@ -184,7 +169,7 @@ def bench_batch(loaded: Loaded, batch: int, prompt_len: int, new_tokens: int, re
     kv_bytes = (2 * cfg.num_layers * batch * mean_context * cfg.num_kv_heads
                 * cfg.resolved_head_dim * itemsize)
     device = jax.devices()[0]
-    peak_bandwidth, _ = bandwidth(device)
+    peaks = device_peaks(cfg.dtype)
     memory_stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in memory_stats:
         memory = {"peak_bytes": memory_stats["peak_bytes_in_use"], "source": "device peak_bytes_in_use"}
@@ -201,9 +186,9 @@ def bench_batch(loaded: Loaded, batch: int, prompt_len: int, new_tokens: int, re
         "tokens_per_s": batch * new_tokens / decode_s,
         "overall_tokens_per_s": batch * new_tokens / end_to_end,
         "step_tokens_per_s": batch / tpot,
-        "mbu": (param_bytes + kv_bytes) / tpot / peak_bandwidth,
+        "mbu": (param_bytes + kv_bytes) / tpot / peaks.bandwidth,
         "bytes_per_step": {"params": param_bytes, "kv_cache_at_mean_context": int(kv_bytes)},
-        "prefill_mfu": prefill_flops(cfg, batch, prompt_len) / ttft / peak_flops(),
+        "prefill_mfu": prefill_flops(cfg, batch, prompt_len) / ttft / peaks.flops,
         "memory": memory,
     }
 
@@ -243,16 +228,19 @@ def main(argv: list[str]) -> None:
     results = [bench_batch(loaded, b, FLAGS.prompt_len, FLAGS.new_tokens, FLAGS.repeats,
                            FLAGS.seed) for b in batch_sizes]
     device = jax.devices()[0]
-    _, bandwidth_note = bandwidth(device)
+    peaks = device_peaks(loaded.config.dtype)
     cfg = loaded.config
     name = device_info().get("cpu_model", device.device_kind)
     title = (f"device {name} ({device.platform} x{jax.device_count()}), {source}, "
              f"{cfg.num_params() / 1e6:.2f}M params, {cfg.dtype}, prompt {FLAGS.prompt_len} + "
-             f"{FLAGS.new_tokens} new, mesh {dict(loaded.mesh.shape)}; MBU vs {bandwidth_note}")
+             f"{FLAGS.new_tokens} new, mesh {dict(loaded.mesh.shape)}; MBU vs {peaks.bandwidth / 1e9:.0f} GB/s "
+             f"({peaks.bandwidth_source}), MFU vs {peaks.flops / 1e12:.2f} TFLOP/s "
+             f"({peaks.flops_source})")
     print(table(results, title))
     if FLAGS.json:
-        record = {"device": {**device_info(), "bandwidth_bytes_per_s": bandwidth(device)[0],
-                             "bandwidth_source": bandwidth_note, "peak_flops": peak_flops()},
+        record = {"device": {**device_info(), "bandwidth_bytes_per_s": peaks.bandwidth,
+                             "bandwidth_source": peaks.bandwidth_source,
+                             "peak_flops": peaks.flops, "peak_flops_source": peaks.flops_source},
                   "versions": versions(),
                   "command": shlex.join(["python", "-m", "infer.bench", *sys.argv[1:]]),
                   "config": {"source": source, "prompt_len": FLAGS.prompt_len,

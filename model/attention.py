@@ -1,8 +1,11 @@
-"""Multi-head attention with grouped KV heads (MHA / GQA / MQA), rotary positions and masks.
+"""Multi-head attention with grouped KV heads (MHA / GQA / MQA), rotary positions, T5 relative
+position bias, masks, and cross-attention (decoder queries over encoder keys/values).
 
 The kernel is `jax.nn.dot_product_attention`, so `attention=xla|cudnn|auto` picks XLA's fused
 softmax or cuDNN flash attention without a second code path.
 """
+
+import math
 
 import flax.linen as nn
 import jax
@@ -41,6 +44,51 @@ def attention_mask(q_segments: Array, kv_segments: Array, causal: bool) -> Array
     return mask[:, None]
 
 
+def relative_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
+                    max_distance: int) -> Array:
+    """T5's bucket of each offset `key_position - query_position` (int32, any shape).
+
+    Half the buckets hold small offsets exactly; the rest grow logarithmically up to
+    `max_distance`, beyond which offsets share the last bucket. Bidirectional (encoder) gives
+    keys after the query their own half of the buckets; causal (decoder) sees only the past.
+    Same arithmetic (float32 log) as Mesh TensorFlow / T5X / HF, so imported tables line up.
+    """
+    bucket = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        bucket += (relative_position > 0).astype(bucket.dtype) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    scaled = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+              / math.log(max_distance / max_exact) * (num_buckets - max_exact))
+    large = jnp.minimum(max_exact + scaled.astype(bucket.dtype), num_buckets - 1)
+    return bucket + jnp.where(distance < max_exact, distance, large)
+
+
+class RelativeBias(nn.Module):
+    """T5 relative position bias: one learned scalar per (bucket, head), computed once per stack
+    and added to every layer's attention logits (T5 shares it across layers)."""
+
+    config: ModelConfig
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_positions: Array, kv_positions: Array) -> Array:
+        """q_positions: int32[batch | 1, q_len], kv_positions: int32[batch | 1, kv_len] ->
+        float bias [batch | 1, heads, q_len, kv_len]."""
+        cfg = self.config
+        table = self.param("embedding", nn.with_logical_partitioning(
+            default_init, ("relpos_buckets", "heads")), (cfg.relative_buckets, cfg.num_heads),
+            dtype_of(cfg.param_dtype))
+        buckets = relative_bucket(kv_positions[:, None, :] - q_positions[:, :, None],
+                                  self.bidirectional, cfg.relative_buckets,
+                                  cfg.relative_max_distance)
+        bias = jnp.take(table, buckets, axis=0).astype(dtype_of(cfg.dtype))  # [b, q, kv, heads]
+        return constrain(bias.transpose(0, 3, 1, 2), "batch", "heads", "length", "kv_length")
+
+
 class Attention(nn.Module):
     """Self-attention over x: [batch, length, embed] -> [batch, length, embed]."""
 
@@ -52,7 +100,8 @@ class Attention(nn.Module):
                             dtype_of(self.config.param_dtype))
         return kernel.astype(dtype_of(self.config.dtype))
 
-    def _project(self, x: Array, name: str, heads: int, heads_axis: str) -> Array:
+    def _project(self, x: Array, name: str, heads: int, heads_axis: str,
+                 length_axis: str = "length") -> Array:
         cfg = self.config
         d, hd = cfg.d_model, cfg.resolved_head_dim
         kernel = self._kernel(f"{name}_kernel", (d, heads, hd), ("embed", heads_axis, "head_dim"))
@@ -62,16 +111,37 @@ class Attention(nn.Module):
                 nn.initializers.zeros, (heads_axis, "head_dim")), (heads, hd),
                 dtype_of(cfg.param_dtype))
             y = y + bias.astype(y.dtype)
-        return constrain(y, "batch", "length", heads_axis, "head_dim")
+        return constrain(y, "batch", length_axis, heads_axis, "head_dim")
+
+    def _attend(self, q: Array, k: Array, v: Array, mask: Array, bias: Array | None) -> Array:
+        """Softmax attention of q over (k, v), then the output projection back to embed."""
+        cfg = self.config
+        if bias is not None:
+            bias = bias.astype(q.dtype)
+        # GQA needs no repeat: dot_product_attention groups query heads over the kv heads.
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
+                                           implementation=_IMPLEMENTATION[cfg.attention])
+        out = constrain(out, "batch", "length", "heads", "head_dim")
+        kernel = self._kernel("out_kernel", (cfg.num_heads, cfg.resolved_head_dim, cfg.d_model),
+                              ("heads", "head_dim", "embed"))
+        y = jnp.einsum("blhd,hde->ble", out, kernel)
+        if cfg.use_bias:
+            out_bias = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                           ("embed",)),
+                                  (cfg.d_model,), dtype_of(cfg.param_dtype))
+            y = y + out_bias.astype(y.dtype)
+        return y
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, segment_ids: Array,
                  cache: dict[str, Array] | None = None, cache_index: Array | None = None,
-                 kv_segments: Array | None = None) -> Array | tuple[Array, dict[str, Array]]:
+                 kv_segments: Array | None = None,
+                 bias: Array | None = None) -> Array | tuple[Array, dict[str, Array]]:
         """Without `cache`: attention within x. With `cache` ({"k", "v"}: [batch, cache_len,
         kv_heads, head_dim]): x's keys/values are written at slot `cache_index` onward and x
         attends to every filled slot whose segment (`kv_segments`: [batch, cache_len], 0 =
-        empty or padding) matches its own; returns (y, updated cache)."""
+        empty or padding) matches its own; returns (y, updated cache). `bias` ([batch | 1,
+        heads, q_len, kv_len], e.g. `RelativeBias`) is added to the logits."""
         cfg = self.config
         q = self._project(x, "query", cfg.num_heads, "heads")
         k = self._project(x, "key", cfg.num_kv_heads, "kv_heads")
@@ -90,16 +160,30 @@ class Attention(nn.Module):
                 jnp.arange(kv_segments.shape[1])[None, None, :] <= q_slots[None, :, None])
             mask = mask[:, None]
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        # GQA needs no repeat: dot_product_attention groups query heads over the kv heads.
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                           implementation=_IMPLEMENTATION[cfg.attention])
-        out = constrain(out, "batch", "length", "heads", "head_dim")
-        kernel = self._kernel("out_kernel", (cfg.num_heads, cfg.resolved_head_dim, cfg.d_model),
-                              ("heads", "head_dim", "embed"))
-        y = jnp.einsum("blhd,hde->ble", out, kernel)
-        if cfg.use_bias:
-            bias = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                       ("embed",)),
-                              (cfg.d_model,), dtype_of(cfg.param_dtype))
-            y = y + bias.astype(y.dtype)
+        y = self._attend(q, k, v, mask, bias)
         return y if cache is None else (y, cache)
+
+
+class CrossAttention(Attention):
+    """Decoder queries attend to the encoder's keys/values (T5, Vaswani). Same params and
+    projections as `Attention`; keys/values come from `encoded`, or from `kv` when they were
+    projected once and cached for decoding."""
+
+    causal: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, encoded: Array | None, segment_ids: Array,
+                 encoder_segment_ids: Array, kv: dict[str, Array] | None = None
+                 ) -> tuple[Array, dict[str, Array]]:
+        """x: [batch, length, embed] decoder stream; encoded: [batch, enc_len, embed] encoder
+        output, or None with kv = {"k", "v"}: [batch, enc_len, kv_heads, head_dim]. A query sees
+        the encoder positions of its own segment (packed pairs share segment ids).
+        Returns (y, {"k", "v"}) so a decoder can cache the projection."""
+        cfg = self.config
+        q = self._project(x, "query", cfg.num_heads, "heads")
+        if encoded is not None:
+            kv = {"k": self._project(encoded, "key", cfg.num_kv_heads, "kv_heads", "kv_length"),
+                  "v": self._project(encoded, "value", cfg.num_kv_heads, "kv_heads", "kv_length")}
+        mask = attention_mask(segment_ids, encoder_segment_ids, causal=False)
+        y = self._attend(q, kv["k"].astype(q.dtype), kv["v"].astype(q.dtype), mask, None)
+        return y, kv

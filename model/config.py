@@ -8,10 +8,11 @@ from typing import Any
 
 from model.errors import UserError
 
-FAMILIES = ("decoder",)
+FAMILIES = ("decoder", "encoder", "encoder_decoder")
 NORMS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "swiglu")
-POSITIONS = ("learned", "rope")
+ACTIVATIONS = ("gelu", "swiglu", "geglu", "relu")  # swiglu/geglu: gated (Llama / T5 v1.1)
+GATED = ("swiglu", "geglu")
+POSITIONS = ("learned", "rope", "sinusoidal", "relative")  # relative: T5's bucketed bias
 ATTENTION_BACKENDS = ("xla", "cudnn", "auto")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -40,10 +41,25 @@ class ModelConfig:
     scan_layers: bool = True
     remat: str = "none"
     attention: str = "xla"
+    # Encoder and encoder-decoder families (defaults keep a decoder-only config unchanged).
+    num_decoder_layers: int = 0  # encoder_decoder: decoder depth; 0 means num_layers
+    post_norm: bool = False  # norm(x + f(x)) (Vaswani, BERT) instead of x + f(norm(x))
+    embed_norm: bool = False  # a norm right after the input embeddings (BERT)
+    scale_embeddings: bool = False  # token embeddings times sqrt(d_model) (Vaswani)
+    relative_buckets: int = 32  # T5 relative bias buckets (an encoder splits them by direction)
+    relative_max_distance: int = 128  # offsets beyond this share the last bucket
+    type_vocab_size: int = 0  # encoder: token-type (segment A/B) embeddings; 0 = none
+    pooler: bool = False  # encoder: dense + tanh over the first token (BERT's [CLS])
+    num_labels: int = 0  # encoder: a classification head on the pooled token; 0 = none
 
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        """Layers in the decoder stack of an encoder-decoder (num_layers in the other families)."""
+        return self.num_decoder_layers or self.num_layers
 
     def replace(self, **overrides: Any) -> "ModelConfig":
         """Returns a validated copy; `None` values leave the field as it is."""
@@ -75,6 +91,30 @@ class ModelConfig:
                             f"--num_kv_heads={self.num_kv_heads}")
         if self.positions == "rope" and self.resolved_head_dim % 2:
             raise UserError(f"rotary positions need an even head_dim, got {self.resolved_head_dim}")
+        return self._validated_families()
+
+    def _validated_families(self) -> "ModelConfig":
+        for name in ("num_decoder_layers", "type_vocab_size", "num_labels"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be 0 or a positive integer, got {getattr(self, name)}")
+        if self.relative_buckets < 4 or self.relative_buckets % 2:
+            raise UserError(f"--relative_buckets must be an even number >= 4, got "
+                            f"{self.relative_buckets}")
+        if self.relative_max_distance <= self.relative_buckets // 2:
+            raise UserError(f"--relative_max_distance={self.relative_max_distance} must exceed "
+                            f"half of --relative_buckets={self.relative_buckets}")
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            raise UserError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        # A decoder-only cache is left-padded, so its slots are not positions: relative offsets
+        # between cached keys and a new query would be wrong.
+        if self.positions == "relative" and self.family == "decoder":
+            raise UserError("--positions=relative is for the encoder and encoder_decoder families; "
+                            "use rope or learned for a decoder")
+        if self.num_decoder_layers and self.family != "encoder_decoder":
+            raise UserError("--num_decoder_layers is only for the encoder_decoder family")
+        for name in ("type_vocab_size", "pooler", "num_labels"):
+            if getattr(self, name) and self.family != "encoder":
+                raise UserError(f"--{name} is only for the encoder family (BERT)")
         return self
 
     def to_dict(self) -> dict:
@@ -86,16 +126,34 @@ class ModelConfig:
         return cls(**{k: v for k, v in values.items() if k in known}).validated()
 
     def num_params(self, include_embeddings: bool = True) -> int:
-        """Parameter count from the shapes alone (no init), for MFU and memory estimates."""
+        """Parameter count from the shapes alone (no init), for MFU and memory estimates.
+
+        `include_embeddings=False` leaves out the token, position and token-type tables and an
+        untied output projection (the params that cost no matmul FLOPs per token).
+        """
         d, h, kv, hd = self.d_model, self.num_heads, self.num_kv_heads, self.resolved_head_dim
-        attn = d * hd * (h + 2 * kv) + h * hd * d
-        mlp = d * self.mlp_dim * (3 if self.activation == "swiglu" else 2)
-        norms = 2 * d * (2 if self.norm == "layernorm" else 1)
-        biases = (hd * (h + 2 * kv) + d + self.mlp_dim + d) if self.use_bias else 0
-        total = self.num_layers * (attn + mlp + norms + biases) + d * (2 if self.norm == "layernorm" else 1)
+        bias = self.use_bias
+        norm = d * (2 if self.norm == "layernorm" else 1)
+        attn = d * hd * (h + 2 * kv) + h * hd * d + ((hd * (h + 2 * kv) + d) if bias else 0)
+        gates = 2 if self.activation in GATED else 1
+        mlp = d * self.mlp_dim * (gates + 1) + ((gates * self.mlp_dim + d) if bias else 0)
+        block = attn + mlp + 2 * norm
+        # Per stack: its final norm (pre-norm only), relative bias table, input embedding norm.
+        stack = ((0 if self.post_norm else norm)
+                 + (self.relative_buckets * h if self.positions == "relative" else 0)
+                 + (norm if self.embed_norm else 0))
+        total = self.num_layers * block + stack
+        if self.family == "encoder_decoder":
+            total += self.decoder_layers * (block + attn + norm) + stack  # + cross-attention
+        if self.family == "encoder":
+            dense = d * d + (d if bias else 0)
+            total += dense * self.pooler + dense + norm + (self.vocab_size if bias else 0)  # MLM
+            total += self.num_labels * (d + (1 if bias else 0))
         if include_embeddings:
             total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
-            total += self.max_len * d if self.positions == "learned" else 0
+            tables = (self.max_len * d if self.positions == "learned" else 0)
+            tables += self.type_vocab_size * d
+            total += tables * (2 if self.family == "encoder_decoder" else 1)
         return total
 
 
@@ -103,6 +161,20 @@ _GPT2 = {"norm": "layernorm", "activation": "gelu", "positions": "learned", "use
              "tie_embeddings": True, "norm_eps": 1e-5, "vocab_size": 50257, "max_len": 1024}
 _LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "positions": "rope", "use_bias": False,
               "tie_embeddings": False, "norm_eps": 1e-5, "vocab_size": 32000}
+_BERT = {"family": "encoder", "norm": "layernorm", "activation": "gelu", "positions": "learned",
+         "use_bias": True, "tie_embeddings": True, "norm_eps": 1e-12, "vocab_size": 30522,
+         "max_len": 512, "post_norm": True, "embed_norm": True, "type_vocab_size": 2,
+         "pooler": True, "num_labels": 2}  # 2 labels: the next-sentence head of pretraining
+# T5 v1.1: gated GELU, RMSNorm without bias, relative bias, untied output, no biases anywhere.
+_T5 = {"family": "encoder_decoder", "norm": "rmsnorm", "activation": "geglu",
+       "positions": "relative", "use_bias": False, "tie_embeddings": False, "norm_eps": 1e-6,
+       "vocab_size": 32128, "max_len": 512}
+# Vaswani et al. 2017: post-LN, ReLU, sinusoidal positions, one embedding shared by encoder,
+# decoder and output (scaled by sqrt(d_model) on input).
+_VASWANI = {"family": "encoder_decoder", "norm": "layernorm", "activation": "relu",
+            "positions": "sinusoidal", "use_bias": True, "tie_embeddings": True, "norm_eps": 1e-6,
+            "vocab_size": 32000, "max_len": 512, "post_norm": True, "scale_embeddings": True}
+_TINY = {"vocab_size": 512, "max_len": 128}
 
 PRESETS: dict[str, ModelConfig] = {
     # Small enough for CPU tests (~0.2M params); GQA so the kv_heads path is always exercised.
@@ -121,6 +193,23 @@ PRESETS: dict[str, ModelConfig] = {
                             num_heads=32, num_kv_heads=4, mlp_dim=5632),
     "llama_7b": ModelConfig(**{**_LLAMA, "max_len": 4096}, num_layers=32, d_model=4096,
                             num_heads=32, num_kv_heads=32, mlp_dim=11008),
+    "tiny_bert": ModelConfig(**{**_BERT, **_TINY}, num_layers=2, d_model=64, num_heads=4,
+                             num_kv_heads=4, mlp_dim=256),
+    "bert_base": ModelConfig(**_BERT, num_layers=12, d_model=768, num_heads=12, num_kv_heads=12,
+                             mlp_dim=3072),
+    "bert_large": ModelConfig(**_BERT, num_layers=24, d_model=1024, num_heads=16,
+                              num_kv_heads=16, mlp_dim=4096),
+    "tiny_t5": ModelConfig(**{**_T5, **_TINY}, num_layers=2, d_model=64, num_heads=4,
+                           num_kv_heads=4, mlp_dim=128),
+    # google/t5-v1_1-small and -base (8 and 12 layers per stack; heads of 64 dims).
+    "t5_small": ModelConfig(**_T5, num_layers=8, d_model=512, num_heads=6, num_kv_heads=6,
+                            head_dim=64, mlp_dim=1024),
+    "t5_base": ModelConfig(**_T5, num_layers=12, d_model=768, num_heads=12, num_kv_heads=12,
+                           head_dim=64, mlp_dim=2048),
+    "tiny_transformer": ModelConfig(**{**_VASWANI, **_TINY}, num_layers=2, d_model=64,
+                                    num_heads=4, num_kv_heads=4, mlp_dim=256),
+    "transformer_base": ModelConfig(**_VASWANI, num_layers=6, d_model=512, num_heads=8,
+                                    num_kv_heads=8, mlp_dim=2048),
 }
 
 

@@ -1,13 +1,17 @@
-"""Building blocks shared by every family: embeddings, LayerNorm/RMSNorm, the MLP.
+"""Building blocks shared by every family: embeddings (token, position, token type), LayerNorm/
+RMSNorm, the MLP.
 
 Every param is created with logical axis names; `model/sharding.py` decides where they live.
 """
+
+import math
+from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from model.config import ModelConfig
+from model.config import GATED, ModelConfig
 
 Array = jax.Array
 
@@ -82,6 +86,66 @@ class PositionEmbed(nn.Module):
         return jnp.take(table, positions, axis=0).astype(dtype_of(cfg.dtype))
 
 
+class TypeEmbed(nn.Module):
+    """BERT's token-type (segment A / B) embeddings, `[type_vocab_size, embed]`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, token_types: Array) -> Array:
+        cfg = self.config
+        table = self.param("embedding", nn.with_logical_partitioning(default_init,
+                                                                     ("token_types", "embed")),
+                           (cfg.type_vocab_size, cfg.d_model), dtype_of(cfg.param_dtype))
+        return jnp.take(table, token_types, axis=0).astype(dtype_of(cfg.dtype))
+
+
+def sinusoidal(positions: Array, d_model: int) -> Array:
+    """Vaswani et al. 2017, section 3.5: PE[pos, 2i] = sin(pos / 10000^(2i/d)) and
+    PE[pos, 2i+1] = cos(pos / 10000^(2i/d)); positions: int32[batch, length] -> f32[..., d]."""
+    inv_freq = 1.0 / 10000.0 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+    angle = positions[..., None].astype(jnp.float32) * inv_freq
+    return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(*positions.shape, d_model)
+
+
+def embed_inputs(cfg: ModelConfig, embed: Embed, tokens: Array, positions: Array,
+                 token_types: Array | None = None) -> Array:
+    """Token embeddings plus whatever the config adds before the first layer: sqrt(d) scaling,
+    learned or sinusoidal positions, token types, an embedding norm. Called inside a compact
+    module, so the position/type tables and the norm become that module's params."""
+    x = embed(tokens)
+    if cfg.scale_embeddings:
+        x = x * math.sqrt(cfg.d_model)
+    if cfg.positions == "learned":
+        x = x + PositionEmbed(cfg, name="position_embed")(positions)
+    elif cfg.positions == "sinusoidal":
+        x = x + sinusoidal(positions, cfg.d_model).astype(x.dtype)
+    if cfg.type_vocab_size:
+        types = jnp.zeros_like(tokens) if token_types is None else token_types
+        x = x + TypeEmbed(cfg, name="type_embed")(types)
+    if cfg.embed_norm:
+        x = Norm(cfg, name="embed_norm")(x)
+    return constrain(x, "batch", "length", "embed")
+
+
+def lm_head(module: nn.Module, cfg: ModelConfig) -> Array | None:
+    """The untied output projection `[embed, vocab]` as a param of `module` (None when tied)."""
+    if cfg.tie_embeddings:
+        return None
+    return module.param("lm_head", nn.with_logical_partitioning(default_init, ("embed", "vocab")),
+                        (cfg.d_model, cfg.vocab_size), dtype_of(cfg.param_dtype))
+
+
+def to_logits(embed: Embed, x: Array, head: Array | None) -> Array:
+    """x: [batch, length, embed] -> float32 logits [batch, length, vocab], through the tied
+    embedding table or the untied `head` from `lm_head`."""
+    if head is None:
+        logits = embed.attend(x)
+    else:
+        logits = jnp.einsum("ble,ev->blv", x, head.astype(x.dtype))
+    return constrain(logits.astype(jnp.float32), "batch", "length", "vocab")
+
+
 class Dense(nn.Module):
     """x @ kernel (+ bias) with logical names for the kernel's input and output dimensions."""
 
@@ -104,7 +168,8 @@ class Dense(nn.Module):
 
 
 class Mlp(nn.Module):
-    """GELU MLP (GPT-2, BERT) or SwiGLU (Llama): embed -> mlp -> embed."""
+    """GELU (GPT-2, BERT), ReLU (Vaswani), SwiGLU (Llama) or GeGLU (T5 v1.1) MLP:
+    embed -> mlp -> embed. Gated variants multiply the activated `wg` by `wi`."""
 
     config: ModelConfig
 
@@ -112,9 +177,12 @@ class Mlp(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         up = Dense(cfg.mlp_dim, ("embed", "mlp"), cfg, name="wi")(x)
-        if cfg.activation == "swiglu":
+        if cfg.activation in GATED:
             gate = Dense(cfg.mlp_dim, ("embed", "mlp"), cfg, name="wg")(x)
-            h = nn.silu(gate) * up
+            act = nn.silu if cfg.activation == "swiglu" else partial(nn.gelu, approximate=True)
+            h = act(gate) * up
+        elif cfg.activation == "relu":
+            h = nn.relu(up)
         else:
             h = nn.gelu(up, approximate=True)
         h = constrain(h, "batch", "length", "mlp")

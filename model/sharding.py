@@ -28,6 +28,12 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("layers", None),
+    ("kv_length", None),  # keys of an attention bias; encoder positions seen by cross-attention
+    ("relpos_buckets", None),  # T5 relative bias table [buckets, heads]: heads split, buckets not
+    ("token_types", None),  # BERT's 2-row token-type table
+    ("pooler", "tensor"),  # output features of BERT's pooler (a square embed -> embed dense)
+    ("mlm", "tensor"),  # output features of BERT's MLM-head transform (also embed -> embed)
+    ("labels", None),  # classifier outputs: a handful, never worth splitting
 )
 
 

@@ -2,14 +2,13 @@
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from model import sharding
 from model.config import PRESETS, get_preset
 from model.errors import UserError
-from model.transformer import build_model
+from model.transformer import build_model, init_inputs
 from train.flags import TrainConfig
 from train.optimizer import make_optimizer
 from train.state import create_state
@@ -39,11 +38,38 @@ LOGICAL = {
     "layers/mlp/wo/kernel": ("layers", "mlp", "embed"),
     "layers/mlp/wi/bias": ("layers", "mlp"),
     "layers/mlp/wo/bias": ("layers", "embed"),
+    # Encoder (BERT) and encoder-decoder (T5, Vaswani) params outside the layers.
+    "encoder/position_embed/embedding": ("length", "embed"),
+    "encoder/type_embed/embedding": ("token_types", "embed"),
+    "encoder/embed_norm/scale": ("embed",),
+    "encoder/embed_norm/bias": ("embed",),
+    "encoder/final_norm/scale": ("embed",),
+    "encoder/relpos_bias/embedding": ("relpos_buckets", "heads"),
+    "decoder/final_norm/scale": ("embed",),
+    "decoder/relpos_bias/embedding": ("relpos_buckets", "heads"),
+    "mlm_dense/kernel": ("embed", "mlm"),
+    "mlm_dense/bias": ("mlm",),
+    "mlm_norm/scale": ("embed",),
+    "mlm_norm/bias": ("embed",),
+    "mlm_bias": ("vocab",),
+    "pooler/kernel": ("embed", "pooler"),
+    "pooler/bias": ("pooler",),
+    "classifier/kernel": ("embed", "labels"),
+    "classifier/bias": ("labels",),
 }
+# Encoder and decoder stacks hold the same layer params as above under encoder/ and decoder/;
+# a decoder layer adds cross-attention, named like self-attention.
+_LAYER = {k.removeprefix("layers/"): v for k, v in LOGICAL.items() if k.startswith("layers/")}
+_CROSS = {k.replace("attention", "cross_attention", 1): v for k, v in _LAYER.items()
+          if k.startswith("attention")}
+LOGICAL.update({f"{stack}/layers/{k}": v for stack in ("encoder", "decoder")
+                for k, v in (_LAYER | _CROSS).items()})
 
 # What the table promises on each mesh, per logical name (before the divisibility fallback).
 MESH_AXIS = {"batch": ("data", "fsdp"), "embed": "fsdp", "heads": "tensor", "kv_heads": "tensor",
-             "mlp": "tensor", "vocab": "tensor", "layers": None, "head_dim": None, "length": None}
+             "mlp": "tensor", "vocab": "tensor", "layers": None, "head_dim": None, "length": None,
+             "relpos_buckets": None, "token_types": None, "pooler": "tensor", "mlm": "tensor",
+             "labels": None}
 
 MESHES = {"2x4": "data=2,tensor=4", "8x1": "data=8,tensor=1"}
 
@@ -70,7 +96,7 @@ def test_every_param_of_every_preset_follows_the_table(preset, mesh_name):
     mesh = sharding.make_mesh(MESHES[mesh_name])
     model = build_model(cfg)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+        boxed = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(cfg))
     shardings = _param_paths(sharding.state_shardings(boxed["params"], mesh))
     params = _param_paths(boxed["params"])
     assert set(params) <= set(LOGICAL), f"unexpected params {set(params) - set(LOGICAL)}"

@@ -1,0 +1,125 @@
+"""Encoder-decoders (T5, Vaswani): cached decode == full forward, packed pairs isolated,
+causal decoder, scan == unrolled."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model.encoder_decoder import EncoderDecoder, init_cache
+from model.transformer import build_model
+
+VOCAB = 512
+
+
+def _model(tiny, preset, **overrides):
+    cfg, model, params = tiny(preset, **overrides)
+    if cfg.positions == "relative":
+        # At init (std 0.02) the bias barely moves the logits; make it matter, so a wrong
+        # bucket, offset or sign in decode could not pass.
+        params = {"params": dict(params["params"])}
+        for stack in ("encoder", "decoder"):
+            tables = {"relpos_bias": {"embedding": params["params"][stack]["relpos_bias"]
+                                      ["embedding"] * 100}}
+            params["params"][stack] = {**params["params"][stack], **tables}
+    return cfg, model, params
+
+
+def _pairs(rng, batch=2, source=9, target=7):
+    encoder_tokens = rng.integers(1, VOCAB, (batch, source)).astype(np.int32)
+    encoder_segments = np.ones_like(encoder_tokens)
+    encoder_segments[1, 6:] = 0  # a padded source row
+    decoder_tokens = rng.integers(1, VOCAB, (batch, target)).astype(np.int32)
+    return encoder_tokens, encoder_segments, decoder_tokens
+
+
+@pytest.mark.parametrize("preset,overrides", [
+    ("tiny_t5", ()), ("tiny_transformer", ()),
+    ("tiny_t5", (("num_kv_heads", 2), ("scan_layers", False))),  # GQA, unrolled layers
+])
+def test_cached_decode_equals_full_forward(tiny, preset, overrides):
+    """encode once; decoder prefill of 2 tokens projects the cross K/V into the cache; then one
+    token a step without `encoded`: every step's logits equal the full forward's."""
+    cfg, model, params = _model(tiny, preset, **dict(overrides))
+    encoder_tokens, encoder_segments, decoder_tokens = _pairs(np.random.default_rng(0))
+    full = jax.jit(model.apply)(params, encoder_tokens, decoder_tokens, encoder_segments)
+
+    encoded = jax.jit(functools.partial(model.apply, method=EncoderDecoder.encode))(
+        params, encoder_tokens, encoder_segments)
+    decode = jax.jit(functools.partial(model.apply, method=EncoderDecoder.decode))
+    cache = init_cache(cfg, batch=2, length=decoder_tokens.shape[1])
+    logits, cache = decode(params, decoder_tokens[:, :2], encoded, encoder_segments, cache=cache,
+                           cache_index=0)
+    steps = [logits]
+    for t in range(2, decoder_tokens.shape[1]):
+        logits, cache = decode(params, decoder_tokens[:, t:t + 1], None, encoder_segments,
+                               cache=cache, cache_index=t)
+        steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+    layers = cfg.decoder_layers
+    assert cache["self"]["k"].shape == (layers, 2, 7, cfg.num_kv_heads, cfg.resolved_head_dim)
+    assert cache["cross"]["k"].shape == (layers, 2, 9, cfg.num_kv_heads, cfg.resolved_head_dim)
+    # The cached cross keys of the last layer are that layer's key projection of `encoded`.
+    decoder = params["params"]["decoder"]["layers"]
+    cross = decoder[f"layer_{layers - 1}"] if "layer_0" in decoder else jax.tree.map(
+        lambda x: x[layers - 1], decoder)
+    keys = np.einsum("ble,ehd->blhd", encoded, cross["cross_attention"]["key_kernel"])
+    if cfg.use_bias:
+        keys = keys + cross["cross_attention"]["key_bias"]
+    np.testing.assert_allclose(cache["cross"]["k"][layers - 1], keys, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny_t5", "tiny_transformer"])
+def test_packed_pairs_equal_pairs_alone_and_decoder_is_causal(tiny, preset):
+    """Two (source, target) pairs packed into one row give each target the logits it has alone:
+    cross-attention keeps to its segment, positions restart. The decoder never sees ahead."""
+    _, model, params = _model(tiny, preset)
+    apply = jax.jit(model.apply)
+    rng = np.random.default_rng(1)
+    sources = [rng.integers(1, VOCAB, n).astype(np.int32) for n in (5, 6)]
+    targets = [rng.integers(1, VOCAB, n).astype(np.int32) for n in (4, 3)]
+
+    def packed(parts):
+        tokens = np.concatenate(parts)[None]
+        segments = np.concatenate([np.full(len(p), i + 1) for i, p in enumerate(parts)])[None]
+        positions = np.concatenate([np.arange(len(p)) for p in parts])[None]
+        return tokens, segments, positions
+
+    (enc, enc_seg, enc_pos), (dec, dec_seg, dec_pos) = packed(sources), packed(targets)
+    together = apply(params, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
+    start = 0
+    for source, target in zip(sources, targets, strict=True):
+        alone = apply(params, source[None], target[None])
+        np.testing.assert_allclose(together[0, start:start + len(target)], alone[0], atol=1e-5)
+        start += len(target)
+
+    changed = dec.copy()
+    changed[0, 2] = (changed[0, 2] + 1) % VOCAB
+    after = apply(params, enc, changed, enc_seg, dec_seg, enc_pos, dec_pos)
+    np.testing.assert_array_equal(after[0, :2], together[0, :2])
+    assert np.abs(after[0, 2:4] - together[0, 2:4]).max() > 1e-4
+    np.testing.assert_allclose(after[0, 4:], together[0, 4:], atol=1e-6)  # the other pair
+
+
+def test_scan_equals_unrolled(tiny):
+    cfg, scanned, params = _model(tiny, "tiny_t5")
+    unrolled = build_model(cfg.replace(scan_layers=False))
+    unrolled_params = {"params": dict(params["params"])}
+    for stack in ("encoder", "decoder"):
+        layers = params["params"][stack]["layers"]
+        unrolled_params["params"][stack] = dict(params["params"][stack], layers={
+            f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], layers) for i in range(cfg.num_layers)})
+    encoder_tokens, encoder_segments, decoder_tokens = _pairs(np.random.default_rng(2))
+    args = (encoder_tokens, decoder_tokens, encoder_segments)
+    np.testing.assert_allclose(jax.jit(scanned.apply)(params, *args),
+                               jax.jit(unrolled.apply)(unrolled_params, *args), atol=1e-5)
+
+
+def test_decode_without_encoder_keys_is_refused(tiny):
+    cfg, model, params = _model(tiny, "tiny_transformer")
+    with pytest.raises(ValueError, match="encoded"):
+        model.apply(params, jnp.ones((1, 1), jnp.int32), cache=init_cache(cfg, 1, 4),
+                    cache_index=0, method=EncoderDecoder.decode)

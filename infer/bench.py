@@ -23,7 +23,7 @@ from infer.sampling import Sampling, sample
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError, exit_with
-from model.transformer import build_model
+from model.transformer import build_model, init_inputs
 
 SIZE_FLAGS = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size")
 FLAGS = flags.FLAGS
@@ -62,11 +62,11 @@ def random_loaded(cfg: ModelConfig, mesh_spec: str, seed: int, devices=None) -> 
     """Random-init params placed by the training rules, so speed can be studied without training."""
     model = build_model(cfg)
     mesh = sharding.make_mesh(mesh_spec, devices)
-    dummy = jnp.zeros((1, 2), jnp.int32)
+    dummy = init_inputs(cfg)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        boxed = jax.eval_shape(model.init, jax.random.key(seed), dummy)
+        boxed = jax.eval_shape(model.init, jax.random.key(seed), *dummy)
         shardings = sharding.state_shardings(boxed, mesh)
-        params = jax.jit(model.init, out_shardings=shardings)(jax.random.key(seed), dummy)
+        params = jax.jit(model.init, out_shardings=shardings)(jax.random.key(seed), *dummy)
     return Loaded(cfg, model, sharding.unbox(params), mesh, None)
 
 

@@ -7,14 +7,13 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from data.tokenizer import Tokenizer, load_tokenizer
 from model import sharding
 from model.config import ModelConfig
 from model.errors import UserError
-from model.transformer import build_model
+from model.transformer import build_model, init_inputs
 from train.checkpoint import restore_params
 
 
@@ -46,7 +45,7 @@ def load(path: str, mesh_spec: str = "") -> Loaded:
     model = build_model(config)
     mesh = sharding.make_mesh(mesh_spec)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+        boxed = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(config))
     shardings = sharding.state_shardings(boxed["params"], mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             sharding.unbox(boxed["params"]), shardings)

@@ -10,6 +10,7 @@ import optax
 from jax.sharding import Mesh
 
 from model import sharding
+from model.transformer import init_inputs
 
 State = dict[str, Any]  # {"step": int32[], "params", "opt_state", "rng": uint32[2]}
 
@@ -19,7 +20,7 @@ def make_init(model: nn.Module, tx: optax.GradientTransformation, seed: int):
     moments inherit them, so optimizer state is sharded like its param)."""
     def init():
         init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
-        params = model.init(init_key, jnp.zeros((1, 2), jnp.int32))["params"]
+        params = model.init(init_key, *init_inputs(model.config))["params"]
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
                 "rng": train_key}
     return init

@@ -96,11 +96,12 @@ def resolve(checkpoint: str | None, preset: str | None, sizes: dict, dtype: str 
 
 
 def prefill_flops(cfg: ModelConfig, batch: int, prompt_len: int) -> float:
-    """2N per token (N counts the output projection, not the position table) plus causal attention
-    scores and values, 4 * layers * heads * head_dim * prompt_len^2 / 2 per row."""
-    n = cfg.num_params(include_embeddings=False) + cfg.vocab_size * cfg.d_model
+    """2N per prompt token (N: the layers' params), the output projection once per row (only the
+    last position's logits are computed), and causal attention scores and values,
+    4 * layers * heads * head_dim * prompt_len^2 / 2 per row."""
+    n = cfg.num_params(include_embeddings=False)
     attention = 4 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * prompt_len ** 2 / 2
-    return 2 * n * batch * prompt_len + attention * batch
+    return (2 * n * prompt_len + 2 * cfg.d_model * cfg.vocab_size + attention) * batch
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -130,7 +131,8 @@ def bench_batch(loaded: Loaded, batch: int, prompt_len: int, new_tokens: int, re
     def prefill(params, tokens, positions, segments, kv_segments):
         # The cache is allocated inside, as the engine does, so TTFT includes it.
         cache = init_cache(cfg, batch, total)
-        logits, cache = model.apply(params, tokens, positions, segments, cache, 0, kv_segments)
+        logits, cache = model.apply(params, tokens, positions, segments, cache, 0, kv_segments,
+                                    last_only=True)
         return sample(logits[:, -1], jax.random.key(0), greedy), cache
 
     def step(params, token, position, cache, slot, kv_segments):

@@ -161,7 +161,8 @@ def component_programs(cfg: ModelConfig, params: dict, shape: Shape, sampling: S
         "attention": (attention_one, layer["attention"], (x, layer_cache), attention_one),
         "mlp": (mlp_one, layer["mlp"], x, mlp_one),
         "norms": (norm_one, layer["attention_norm"], x, norm_one),
-        "output": (output_body, head_params, x, head),
+        # Logits of the last position only, as the engine asks for them.
+        "output": (output_body, head_params, x[:, -1:], head),
         "sampling": (sampling_body, rng, logits, lambda key, lg: sample(lg, key, sampling)),
     }
 
@@ -175,7 +176,8 @@ def step_program(model, cfg: ModelConfig, shape: Shape, sampling: Sampling, seed
 
     def body(params, carry):
         toks, cache = carry
-        logits, cache = model.apply(params, toks, positions, ones_q, cache, slot, ones_c)
+        logits, cache = model.apply(params, toks, positions, ones_q, cache, slot, ones_c,
+                                    last_only=True)
         chosen = sample(logits[:, -1], rng, sampling)
         return toks.at[:, -1].set(chosen), cache
 

@@ -3,7 +3,8 @@ the whole decode loop on device in a `lax.while_loop`, stopping at EOS or max_ne
 
 Prompts of different lengths share one batch by left padding: padding has segment 0, so real
 tokens never attend to it, and positions count from each row's first real token. The cache is
-preallocated ([layers, batch, prompt + new, kv_heads, head_dim]) and updated in place.
+preallocated ([layers, batch, kv_heads, prompt + new, head_dim]: the layout a decode step
+reads without transposing) and updated in place.
 """
 
 import functools
@@ -21,7 +22,7 @@ from model.layers import dtype_of
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array]:
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.resolved_head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.resolved_head_dim)
     zeros = jnp.zeros(shape, dtype_of(cfg.dtype))
     return {"k": zeros, "v": zeros}
 
@@ -48,7 +49,8 @@ def _generate(model, params, tokens, segments, rng, *, max_new_tokens: int, samp
     positions = jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
     kv_segments = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(segments)
     cache = init_cache(model.config, batch, total)
-    logits, cache = model.apply(params, tokens, positions, segments, cache, 0, kv_segments)
+    logits, cache = model.apply(params, tokens, positions, segments, cache, 0, kv_segments,
+                                last_only=True)
     rng, step_rng = jax.random.split(rng)
     first = sample(logits[:, -1], step_rng, sampling)
     out = jnp.full((batch, max_new_tokens), eos_id, jnp.int32)

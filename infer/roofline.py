@@ -118,6 +118,7 @@ def component_work(cfg: ModelConfig, batch: int, queries: int, context: int) -> 
         "attention": attention * layers,
         "mlp": mlp * layers,
         "norms": norm * (2 * layers + 1),
-        "output": Work(2 * tokens * d * v, d * v * w + act + tokens * v * 4),
+        # The engine asks for the last position's logits only (`last_only`).
+        "output": Work(2 * batch * d * v, d * v * w + batch * d * a + batch * v * 4),
         "sampling": Work(batch * v, batch * v * 4),
     }

@@ -89,6 +89,36 @@ class RelativeBias(nn.Module):
         return constrain(bias.transpose(0, 3, 1, 2), "batch", "heads", "length", "kv_length")
 
 
+def write_cache(cache: dict[str, Array], k: Array, v: Array, index: Array) -> dict[str, Array]:
+    """Writes k, v ([batch, length, kv_heads, head_dim]) at slot `index` onward of a cache laid
+    out [batch, kv_heads, cache_len, head_dim], the layout decode reads without transposing."""
+    start = (0, 0, index, 0)
+    return {name: jax.lax.dynamic_update_slice(
+        cache[name], new.swapaxes(1, 2).astype(cache[name].dtype), start)
+        for name, new in (("k", k), ("v", v))}
+
+
+def cached_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None) -> Array:
+    """q: [batch, q_len, heads, head_dim] over cached k, v: [batch, kv_heads, kv_len, head_dim];
+    mask: bool[batch, q_len, kv_len]; bias: [batch | 1, heads, q_len, kv_len] or None.
+    Returns [batch, q_len, heads, head_dim].
+
+    Two einsums in the cache's own layout. A decode step's cost is reading the cache once;
+    handing it to jax.nn.dot_product_attention, whose operands are [batch, length, heads,
+    head_dim], makes XLA transpose (copy) the whole cache of every layer at every step.
+    """
+    b, length, heads, hd = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads  # query head n uses kv head n // group, as dot_product_attention
+    q = q.reshape(b, length, kv_heads, group, hd) * jnp.asarray(hd ** -0.5, q.dtype)
+    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        scores += bias.reshape(bias.shape[0], kv_heads, group, *bias.shape[2:]).astype(jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgqs,bksd->bqkgd", probs, v).reshape(b, length, heads, hd)
+
+
 class Attention(nn.Module):
     """Self-attention over x: [batch, length, embed] -> [batch, length, embed]."""
 
@@ -121,6 +151,11 @@ class Attention(nn.Module):
         # GQA needs no repeat: dot_product_attention groups query heads over the kv heads.
         out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
                                            implementation=_IMPLEMENTATION[cfg.attention])
+        return self._output(out)
+
+    def _output(self, out: Array) -> Array:
+        """[batch, length, heads, head_dim] -> [batch, length, embed]."""
+        cfg = self.config
         out = constrain(out, "batch", "length", "heads", "head_dim")
         kernel = self._kernel("out_kernel", (cfg.num_heads, cfg.resolved_head_dim, cfg.d_model),
                               ("heads", "head_dim", "embed"))
@@ -137,8 +172,8 @@ class Attention(nn.Module):
                  cache: dict[str, Array] | None = None, cache_index: Array | None = None,
                  kv_segments: Array | None = None,
                  bias: Array | None = None) -> Array | tuple[Array, dict[str, Array]]:
-        """Without `cache`: attention within x. With `cache` ({"k", "v"}: [batch, cache_len,
-        kv_heads, head_dim]): x's keys/values are written at slot `cache_index` onward and x
+        """Without `cache`: attention within x. With `cache` ({"k", "v"}: [batch, kv_heads,
+        cache_len, head_dim]): x's keys/values are written at slot `cache_index` onward and x
         attends to every filled slot whose segment (`kv_segments`: [batch, cache_len], 0 =
         empty or padding) matches its own; returns (y, updated cache). `bias` ([batch | 1,
         heads, q_len, kv_len], e.g. `RelativeBias`) is added to the logits."""
@@ -149,19 +184,15 @@ class Attention(nn.Module):
         if cfg.positions == "rope":
             q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
         if cache is None:
-            mask = attention_mask(segment_ids, segment_ids, self.causal)
-        else:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            cache = {"k": k, "v": v}
-            q_slots = cache_index + jnp.arange(x.shape[1])
-            mask = (segment_ids[:, :, None] == kv_segments[:, None, :]) & (
-                jnp.arange(kv_segments.shape[1])[None, None, :] <= q_slots[None, :, None])
-            mask = mask[:, None]
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        y = self._attend(q, k, v, mask, bias)
-        return y if cache is None else (y, cache)
+            return self._attend(q, k, v, attention_mask(segment_ids, segment_ids, self.causal),
+                                bias)
+        cache = write_cache(cache, k, v, cache_index)
+        q_slots = cache_index + jnp.arange(x.shape[1])
+        mask = (segment_ids[:, :, None] == kv_segments[:, None, :]) & (
+            jnp.arange(kv_segments.shape[1])[None, None, :] <= q_slots[None, :, None])
+        out = cached_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask,
+                               bias)
+        return self._output(out), cache
 
 
 class CrossAttention(Attention):
@@ -176,14 +207,17 @@ class CrossAttention(Attention):
                  encoder_segment_ids: Array, kv: dict[str, Array] | None = None
                  ) -> tuple[Array, dict[str, Array]]:
         """x: [batch, length, embed] decoder stream; encoded: [batch, enc_len, embed] encoder
-        output, or None with kv = {"k", "v"}: [batch, enc_len, kv_heads, head_dim]. A query sees
+        output, or None with kv = {"k", "v"}: [batch, kv_heads, enc_len, head_dim]. A query sees
         the encoder positions of its own segment (packed pairs share segment ids).
-        Returns (y, {"k", "v"}) so a decoder can cache the projection."""
+        Returns (y, {"k", "v"}) so a decoder can cache the projection (in the decode layout)."""
         cfg = self.config
         q = self._project(x, "query", cfg.num_heads, "heads")
-        if encoded is not None:
-            kv = {"k": self._project(encoded, "key", cfg.num_kv_heads, "kv_heads", "kv_length"),
-                  "v": self._project(encoded, "value", cfg.num_kv_heads, "kv_heads", "kv_length")}
         mask = attention_mask(segment_ids, encoder_segment_ids, causal=False)
-        y = self._attend(q, kv["k"].astype(q.dtype), kv["v"].astype(q.dtype), mask, None)
-        return y, kv
+        if encoded is not None:
+            k = self._project(encoded, "key", cfg.num_kv_heads, "kv_heads", "kv_length")
+            v = self._project(encoded, "value", cfg.num_kv_heads, "kv_heads", "kv_length")
+            return self._attend(q, k, v, mask, None), {"k": k.swapaxes(1, 2),
+                                                       "v": v.swapaxes(1, 2)}
+        out = cached_attention(q, kv["k"].astype(q.dtype), kv["v"].astype(q.dtype), mask[:, 0],
+                               None)
+        return self._output(out), kv

@@ -22,9 +22,9 @@ Cache = dict[str, dict[str, Array]]
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
     """An empty decoder self-attention cache: {"self": {"k", "v"}: [decoder_layers, batch,
-    length, kv_heads, head_dim]}. The first `decode` call adds {"cross": {"k", "v"}:
-    [decoder_layers, batch, encoder_length, kv_heads, head_dim]}."""
-    shape = (cfg.decoder_layers, batch, length, cfg.num_kv_heads, cfg.resolved_head_dim)
+    kv_heads, length, head_dim]}. The first `decode` call adds {"cross": {"k", "v"}:
+    [decoder_layers, batch, kv_heads, encoder_length, head_dim]}."""
+    shape = (cfg.decoder_layers, batch, cfg.num_kv_heads, length, cfg.resolved_head_dim)
     zeros = jnp.zeros(shape, dtype_of(cfg.dtype))
     return {"self": {"k": zeros, "v": zeros}}
 
@@ -46,7 +46,7 @@ class DecoderStack(nn.Module):
         bias = None
         if cfg.positions == "relative":
             # Decoding writes target position p at cache slot p, so slots are key positions.
-            kv_positions = positions if cache is None else jnp.arange(cache["self"]["k"].shape[2])
+            kv_positions = positions if cache is None else jnp.arange(cache["self"]["k"].shape[3])
             bias = RelativeBias(cfg, bidirectional=False, name="relpos_bias")(
                 positions, jnp.atleast_2d(kv_positions))
         x, cache = stack_layers(Block, cfg, decode=cache is not None,
@@ -120,10 +120,10 @@ class EncoderDecoder(nn.Module):
             decoder_tokens, decoder_positions, decoder_segment_ids,
             start=0 if cache is None else cache_index)
         if encoder_segment_ids is None:
-            length = encoded.shape[1] if encoded is not None else cache["cross"]["k"].shape[2]
+            length = encoded.shape[1] if encoded is not None else cache["cross"]["k"].shape[3]
             encoder_segment_ids = jnp.ones((batch, length), jnp.int32)
         if cache is not None and kv_segments is None:
-            kv_segments = jnp.ones((batch, cache["self"]["k"].shape[2]), jnp.int32)
+            kv_segments = jnp.ones((batch, cache["self"]["k"].shape[3]), jnp.int32)
         x, cache = self.decoder(decoder_tokens, positions, segment_ids, encoded,
                                 encoder_segment_ids, cache, cache_index, kv_segments)
         logits = to_logits(self.embed, x, self.lm_head)

@@ -32,8 +32,12 @@ class Decoder(nn.Module):
     def __call__(self, tokens: Array, positions: Array | None = None,
                  segment_ids: Array | None = None, cache: dict | None = None,
                  cache_index: Array | None = None,
-                 kv_segments: Array | None = None) -> Array | tuple[Array, dict]:
-        """With `cache` (see `infer/cache.py`) returns (logits, updated cache)."""
+                 kv_segments: Array | None = None,
+                 last_only: bool = False) -> Array | tuple[Array, dict]:
+        """With `cache` (see `infer/engine.py`) returns (logits, updated cache). `last_only`
+        computes logits at the last position alone ([batch, 1, vocab]): a prefill needs no
+        more, and the output projection over a whole prompt would cost it ~vocab/d_model times
+        a layer's matmuls per token."""
         cfg = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -44,6 +48,8 @@ class Decoder(nn.Module):
         decode_args = () if cache is None else (cache, cache_index, kv_segments)
         x, cache = stack_layers(DecoderBlock, cfg, decode=bool(decode_args))(
             x, positions, segment_ids, *decode_args)
+        if last_only:
+            x = x[:, -1:]
         if not cfg.post_norm:  # a post-norm stack already ends in a norm
             x = Norm(cfg, name="final_norm")(x)
         logits = to_logits(embed, x, lm_head(self, cfg))

@@ -60,8 +60,8 @@ def test_cached_decode_equals_full_forward(tiny, preset, overrides):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
 
     layers = cfg.decoder_layers
-    assert cache["self"]["k"].shape == (layers, 2, 7, cfg.num_kv_heads, cfg.resolved_head_dim)
-    assert cache["cross"]["k"].shape == (layers, 2, 9, cfg.num_kv_heads, cfg.resolved_head_dim)
+    assert cache["self"]["k"].shape == (layers, 2, cfg.num_kv_heads, 7, cfg.resolved_head_dim)
+    assert cache["cross"]["k"].shape == (layers, 2, cfg.num_kv_heads, 9, cfg.resolved_head_dim)
     # The cached cross keys of the last layer are that layer's key projection of `encoded`.
     decoder = params["params"]["decoder"]["layers"]
     cross = decoder[f"layer_{layers - 1}"] if "layer_0" in decoder else jax.tree.map(
@@ -69,6 +69,7 @@ def test_cached_decode_equals_full_forward(tiny, preset, overrides):
     keys = np.einsum("ble,ehd->blhd", encoded, cross["cross_attention"]["key_kernel"])
     if cfg.use_bias:
         keys = keys + cross["cross_attention"]["key_bias"]
+    keys = keys.swapaxes(1, 2)  # the cache's layout: [batch, kv_heads, length, head_dim]
     np.testing.assert_allclose(cache["cross"]["k"][layers - 1], keys, atol=1e-5)
 
 

@@ -44,6 +44,7 @@ def define_flags() -> None:
                         "context sweep, run at --batch.")
     flags.DEFINE_string("batch_sizes", "1,2,4,8,16,32,64",
                         "Batch sizes of the batch sweep, run at --context.")
+    flags.DEFINE_list("phases", ["decode", "prefill"], "Phases to measure: decode, prefill.")
     flags.DEFINE_integer("batch", 1, "Batch size of the context sweep.")
     flags.DEFINE_integer("context", 512, "Context length of the batch sweep.")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the "
@@ -58,9 +59,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the random weights and inputs.")
 
 
-def sweep(contexts: list[int], batch_sizes: list[int], batch: int, context: int) -> list[Shape]:
+def sweep(contexts: list[int], batch_sizes: list[int], batch: int, context: int,
+          phases: tuple[str, ...] = ("decode", "prefill")) -> list[Shape]:
     shapes = []
-    for phase in ("decode", "prefill"):
+    for phase in phases:
         for s in ([Shape(phase, batch, c) for c in contexts]
                   + [Shape(phase, b, context) for b in batch_sizes]):
             if s not in shapes:
@@ -117,6 +119,9 @@ def main(argv: list[str]) -> None:
         raise UserError("--out=DIR is required (report.json, report.md and plots go there)")
     if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
         raise UserError(f"--out={FLAGS.out} exists and is not a directory")
+    phases = tuple(FLAGS.phases)
+    if not phases or set(phases) - {"decode", "prefill"}:
+        raise UserError(f"--phases={','.join(phases)} must name decode and/or prefill")
     contexts = parse_batch_sizes(FLAGS.contexts, "contexts")
     batch_sizes = parse_batch_sizes(FLAGS.batch_sizes)
     sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p).validated()
@@ -145,7 +150,7 @@ def main(argv: list[str]) -> None:
                   one.bandwidth_source + (f" x {n}" if n > 1 else ""))
     points = []
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
-        for shape in tqdm(sweep(contexts, batch_sizes, FLAGS.batch, FLAGS.context),
+        for shape in tqdm(sweep(contexts, batch_sizes, FLAGS.batch, FLAGS.context, phases),
                           desc="measuring", unit="point", file=sys.stderr):
             measured = measure(loaded.model, cfg, loaded.params, shape, sampling,
                                FLAGS.target_ms / 1e3, FLAGS.repeats, FLAGS.seed)

@@ -91,11 +91,26 @@ class RelativeBias(nn.Module):
 
 def write_cache(cache: dict[str, Array], k: Array, v: Array, index: Array) -> dict[str, Array]:
     """Writes k, v ([batch, length, kv_heads, head_dim]) at slot `index` onward of a cache laid
-    out [batch, kv_heads, cache_len, head_dim], the layout decode reads without transposing."""
-    start = (0, 0, index, 0)
-    return {name: jax.lax.dynamic_update_slice(
-        cache[name], new.swapaxes(1, 2).astype(cache[name].dtype), start)
-        for name, new in (("k", k), ("v", v))}
+    out [batch, kv_heads, cache_len, head_dim], the layout decode reads without transposing.
+
+    A cache with a "layer" entry holds every layer ([layers, batch, ...], see
+    `model/blocks.py`): only the new slots of that layer are written, in place.
+    """
+    if "layer" not in cache:
+        return {name: jax.lax.dynamic_update_slice(
+            cache[name], new.swapaxes(1, 2).astype(cache[name].dtype), (0, 0, index, 0))
+            for name, new in (("k", k), ("v", v))}
+    layer = cache["layer"]
+    return {"layer": layer, **{name: jax.lax.dynamic_update_slice(
+        cache[name], new.swapaxes(1, 2)[None].astype(cache[name].dtype), (layer, 0, 0, index, 0))
+        for name, new in (("k", k), ("v", v))}}
+
+
+def read_cache(cache: dict[str, Array], name: str) -> Array:
+    """This layer's [batch, kv_heads, cache_len, head_dim] keys or values."""
+    if "layer" not in cache:
+        return cache[name]
+    return jax.lax.dynamic_index_in_dim(cache[name], cache["layer"], keepdims=False)
 
 
 def cached_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None) -> Array:
@@ -190,8 +205,8 @@ class Attention(nn.Module):
         q_slots = cache_index + jnp.arange(x.shape[1])
         mask = (segment_ids[:, :, None] == kv_segments[:, None, :]) & (
             jnp.arange(kv_segments.shape[1])[None, None, :] <= q_slots[None, :, None])
-        out = cached_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask,
-                               bias)
+        out = cached_attention(q, read_cache(cache, "k").astype(q.dtype),
+                               read_cache(cache, "v").astype(q.dtype), mask, bias)
         return self._output(out), cache
 
 

@@ -78,6 +78,24 @@ class Block(nn.Module):
 DecoderBlock = Block  # the decoder-only layer (causal, no cross-attention) under its old name
 
 
+class CarriedCacheBlock(Block):
+    """A decoder-only layer for decoding under `nn.scan`, the KV cache of *all* layers carried
+    through the scan: (x, cache, layer) -> ((x, cache, layer + 1), None).
+
+    Scanning the cache as a per-layer input instead slices every layer's cache out, stacks a
+    new cache for the output, and the decode loop then copies that into its carry: several
+    whole-cache copies per token, the largest cost of a decode step that `infer.report` found.
+    Carried, each layer writes its new slots in place and reads only its own slice.
+    """
+
+    def __call__(self, carry, positions: Array, segment_ids: Array, cache_index: Array,
+                 kv_segments: Array):
+        x, cache, layer = carry
+        x, cache = super().__call__(x, positions, segment_ids, {**cache, "layer": layer},
+                                    cache_index, kv_segments)
+        return (x, {"k": cache["k"], "v": cache["v"]}, layer + 1), None
+
+
 def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers",
                  decode: bool = False, *, num_layers: int | None = None,
                  in_axes: tuple | None = None, **attributes) -> nn.Module:
@@ -94,6 +112,18 @@ def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers",
         in_axes = (nn.broadcast, nn.broadcast) + ((0, nn.broadcast, nn.broadcast) if decode else ())
     if cfg.remat != "none" and not decode:
         block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers and decode and block is Block and not attributes and in_axes == (
+            nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast):
+        carried = nn.scan(CarriedCacheBlock, variable_axes={"params": 0},
+                          split_rngs={"params": True}, in_axes=(nn.broadcast,) * 4,
+                          length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(
+            cfg, name=name)
+
+        def run(x, positions, segment_ids, cache, cache_index, kv_segments):
+            (x, cache, _), _ = carried((x, cache, 0), positions, segment_ids, cache_index,
+                                       kv_segments)
+            return x, cache
+        return run
     if cfg.scan_layers:
         scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=in_axes, length=num_layers,

@@ -1,9 +1,10 @@
 """Measured time of each part of one inference step, from isolated compiled sub-programs.
 
 Each component (embedding, one attention block, one MLP, one norm, the output projection,
-sampling) is applied with the model's own modules and its real parameters (layer 0 stands for
-every layer: all layers have one shape) inside an on-device loop whose carry feeds each
-iteration's output into the next, so XLA can neither hoist nor drop the work. The time per
+sampling) is applied with the model's own modules and its real parameters inside an on-device
+loop whose carry feeds each iteration's output into the next, so XLA can neither hoist nor drop
+the work; per-layer parts step through the layers (and their slices of the KV cache) as the real
+step does, and their time per iteration is multiplied by the depth. The time per
 iteration is (T(n) - T(1)) / (n - 1): the launch and argument transfer paid once per program
 cancel out. The whole step is timed the same way, plus once more from the host per call, and
 the difference is the host/dispatch overhead that an on-device decode loop avoids.
@@ -46,11 +47,17 @@ class Shape:
         return self.context if self.phase == "prefill" else 1
 
 
-def _layer(params: dict, cfg: ModelConfig) -> dict:
+def _stacked_layers(params: dict, cfg: ModelConfig) -> dict:
+    """Every layer's params with a leading `layers` axis (as the scanned model stores them)."""
     layers = params["params"]["layers"]
     if cfg.scan_layers:
-        return jax.tree.map(lambda p: p[0], layers)
-    return layers["layer_0"]
+        return layers
+    return jax.tree.map(lambda *p: jnp.stack(p), *(layers[f"layer_{i}"]
+                                                    for i in range(cfg.num_layers)))
+
+
+def _at(tree, index):
+    return jax.tree.map(lambda p: jax.lax.dynamic_index_in_dim(p, index, keepdims=False), tree)
 
 
 def _loop_time(body: Callable, args: tuple, carry, target_s: float, repeats: int) -> float:
@@ -110,10 +117,13 @@ def _inputs(cfg: ModelConfig, shape: Shape, seed: int):
 
 def component_programs(cfg: ModelConfig, params: dict, shape: Shape, sampling: Sampling,
                        seed: int = 0) -> dict[str, tuple[Callable, tuple, object, Callable]]:
-    """name -> (body(args, carry) -> carry, args, initial carry, one_call(args, carry))."""
-    x, tokens, positions, ones_q, ones_c, _, layer_cache, logits = _inputs(cfg, shape, seed)
-    layer = _layer(params, cfg)
+    """name -> (body(args, carry) -> carry, args, initial carry, one_call(args, carry)[,
+    one_call's args, one_call's carry when they differ from the loop's])."""
+    x, tokens, positions, ones_q, ones_c, cache, layer_cache, logits = _inputs(cfg, shape, seed)
+    layers = _stacked_layers(params, cfg)
+    layer = _at(layers, 0)
     top = params["params"]
+    count = cfg.num_layers
     slot = shape.context - shape.queries
     rng = jax.random.key(seed)
 
@@ -139,6 +149,20 @@ def component_programs(cfg: ModelConfig, params: dict, shape: Shape, sampling: S
     def norm_one(p, h):
         return Norm(cfg).apply({"params": p}, h)
 
+    # The loops step through the layers (iteration i uses layer i mod depth, and its slice of
+    # the whole cache) as the real step does: looping over layer 0 alone would keep its
+    # weights in the CPU's caches and time a part faster than it ever runs.
+    def attention_body(p, carry):
+        h, full, i = carry
+        (h, full) = attention_one(_at(p, i), (h, {**full, "layer": i}))
+        return h, {"k": full["k"], "v": full["v"]}, (i + 1) % count
+
+    def rotating(one):
+        def body(p, carry):
+            h, i = carry
+            return one(_at(p, i), h), (i + 1) % count
+        return body
+
     def head(p, h):
         # The Decoder's output projection (tied embedding or lm_head), as in model/transformer.py.
         if cfg.tie_embeddings:
@@ -158,9 +182,11 @@ def component_programs(cfg: ModelConfig, params: dict, shape: Shape, sampling: S
     head_params = {k: top[k] for k in ("embed", "lm_head") if k in top}
     return {
         "embedding": (embedding_body, embed_params, tokens, embedding),
-        "attention": (attention_one, layer["attention"], (x, layer_cache), attention_one),
-        "mlp": (mlp_one, layer["mlp"], x, mlp_one),
-        "norms": (norm_one, layer["attention_norm"], x, norm_one),
+        "attention": (attention_body, layers["attention"], (x, cache, 0), attention_one,
+                      layer["attention"], (x, layer_cache)),
+        "mlp": (rotating(mlp_one), layers["mlp"], (x, 0), mlp_one, layer["mlp"], x),
+        "norms": (rotating(norm_one), layers["attention_norm"], (x, 0), norm_one,
+                  layer["attention_norm"], x),
         # Logits of the last position only, as the engine asks for them.
         "output": (output_body, head_params, x[:, -1:], head),
         "sampling": (sampling_body, rng, logits, lambda key, lg: sample(lg, key, sampling)),
@@ -189,11 +215,11 @@ def measure(model, cfg: ModelConfig, params: dict, shape: Shape, sampling: Sampl
     """Per-step seconds of each component (all its instances), of the whole step on device and
     from the host, and XLA's cost analysis of each component's single call."""
     out = {"components": {}, "xla": {}}
-    for name, (body, args, carry, one_call) in component_programs(
+    for name, (body, args, carry, one_call, *single) in component_programs(
             cfg, params, shape, sampling, seed).items():
         count = per_step_count(cfg, name)
         out["components"][name] = count * _loop_time(body, args, carry, target_s, repeats)
-        cost = _cost(one_call, args, carry)
+        cost = _cost(one_call, *(single or (args, carry)))
         out["xla"][name] = {k: v * count for k, v in cost.items()}
     body, carry = step_program(model, cfg, shape, sampling, seed)
     out["step_device_s"] = _loop_time(body, params, carry, target_s, repeats)

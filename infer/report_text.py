@@ -173,7 +173,7 @@ def markdown(report: dict, plots: list[str]) -> str:
                     *_roofline_table(p), ""]
     out += ["## How it was measured", "",
             ("Each part runs alone as a compiled program: the model's own module with its real "
-            "parameters (layer 0 stands for every layer) inside an on-device loop whose output "
+            "parameters inside an on-device loop that steps through the layers and whose output "
             "feeds the next iteration, timed at 1 and at n iterations; (T(n) - T(1)) / (n - 1) "
             "removes the launch cost. The whole step (the real model, sampling included) is "
             "timed the same way and once more launched from the host per step. Per-layer parts "

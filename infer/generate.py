@@ -1,7 +1,11 @@
 """`python -m infer.generate --checkpoint=PATH --prompt=TEXT --max_new_tokens=N`: streams the
-continuation to the console; `--json=OUT` also writes prompt and generated ids and text."""
+continuation to the console; `--json=OUT` also writes prompt and generated ids and text.
+
+For an encoder-decoder model the prompt is the source and the output its generated target;
+`--num_beams>1` runs beam search there (the best hypothesis is printed when the search ends)."""
 
 import json
+import math
 import os
 import sys
 
@@ -24,6 +28,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_string("json", None, "Also write {prompt_tokens, tokens, text} to this file.")
     flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
+    flags.DEFINE_integer("num_beams", 1, "Beam width (encoder-decoder models); 1 is greedy or "
+                                         "sampled decoding, >1 beam search.")
+    flags.DEFINE_float("length_penalty", 1.0, "Beam search alpha: hypotheses rank by "
+                                              "sum log p / ((5 + length) / 6) ** alpha (GNMT); 0 "
+                                              "ranks by log p, > 0 favours longer, < 0 shorter "
+                                              "outputs. Used only with --num_beams>1.")
 
 
 def _prompts() -> list[str]:
@@ -61,10 +71,45 @@ class _Stream:
             self.printed = text
 
 
+def _check_search(sampling) -> None:
+    if FLAGS.num_beams < 1:
+        raise UserError(f"--num_beams must be >= 1, got {FLAGS.num_beams}")
+    if not math.isfinite(FLAGS.length_penalty):
+        raise UserError(f"--length_penalty must be a finite number, got {FLAGS.length_penalty}")
+    if FLAGS.num_beams > 1 and sampling.temperature > 0:
+        raise UserError("--num_beams>1 is a deterministic search; drop --temperature (or use "
+                        "--num_beams=1 to sample)")
+
+
+def _check_family(family: str) -> None:
+    if family == "encoder":
+        raise UserError(f"{FLAGS.checkpoint} is an encoder-only (BERT) model, which does not "
+                        f"generate text; infer.score writes its MLM logits")
+    if family == "decoder" and FLAGS.num_beams > 1:
+        raise UserError("--num_beams>1 (beam search) is for encoder-decoder models; this one is "
+                        "decoder-only")
+
+
+def _seq2seq(loaded, tok, prompts: list[str], sampling, stream):
+    """(source ids as the encoder reads them, generated ids) for an encoder-decoder model."""
+    from infer import beam, seq2seq
+
+    # Training ends every source with EOS (data/seq2seq.py, data/span.py); so does inference.
+    source_ids = [tok.encode(p).tolist() + [tok.eos_id] for p in prompts]
+    if FLAGS.num_beams == 1:
+        out = seq2seq.generate(loaded, source_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
+                               tok.eos_id, on_token=stream)
+    else:
+        beams = seq2seq.beam_search(loaded, source_ids, FLAGS.max_new_tokens, FLAGS.num_beams,
+                                    FLAGS.length_penalty, tok.eos_id)
+        out, _ = beam.best_rows(beams, tok.eos_id)
+    return source_ids, out
+
+
 def main(argv: list[str]) -> None:
     del argv
     from infer.engine import generate
-    from infer.load import load
+    from infer.load import load, read_config
     from infer.sampling import Sampling
 
     try:
@@ -72,27 +117,37 @@ def main(argv: list[str]) -> None:
             raise UserError("--checkpoint is required")
         prompts = _prompts()
         sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p).validated()
+        _check_search(sampling)
         if FLAGS.json and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json))):
             raise UserError(f"--json={FLAGS.json}: its directory does not exist")
+        family = read_config(FLAGS.checkpoint).family
+        _check_family(family)
         loaded = load(FLAGS.checkpoint, FLAGS.mesh)
         tok = loaded.tokenizer
         if tok is None:
             raise UserError(f"{FLAGS.checkpoint} has no tokenizer; text generation needs one "
                             f"(infer.score works on token ids)")
-        prompt_ids = [tok.encode(p).tolist() for p in prompts]
-        stream = _Stream(tok) if len(prompts) == 1 else None
-        if stream:
-            sys.stdout.write(prompts[0])
-        out = generate(loaded, prompt_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
-                       tok.eos_id, on_token=stream)
+        seq2seq = family == "encoder_decoder"
+        # Beam search knows its best hypothesis only at the end: nothing to stream.
+        stream = _Stream(tok) if len(prompts) == 1 and FLAGS.num_beams == 1 else None
+        if seq2seq:
+            prompt_ids, out = _seq2seq(loaded, tok, prompts, sampling, stream)
+        else:
+            prompt_ids = [tok.encode(p).tolist() for p in prompts]
+            if stream:
+                sys.stdout.write(prompts[0])
+            out = generate(loaded, prompt_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
+                           tok.eos_id, on_token=stream)
     except UserError as e:
         exit_with(e)
     texts = [tok.decode(ids) for ids in out]
     if stream:
         sys.stdout.write(texts[0][len(stream.printed):] + "\n")
+    elif seq2seq and len(prompts) == 1:
+        print(texts[0])
     else:
         for prompt, text in zip(prompts, texts, strict=True):
-            print(f"{prompt}{text}\n---")
+            print(f"{prompt}\n-> {text}\n---" if seq2seq else f"{prompt}{text}\n---")
     if FLAGS.json:
         record = {"prompt_tokens": prompt_ids, "tokens": out, "text": texts}
         tmp = FLAGS.json + ".tmp"

@@ -1,5 +1,9 @@
 """`python -m infer.score --checkpoint=PATH --tokens=IN.npy --out=OUT.npy`: float32 logits
-[batch, length, vocab] for int32 token ids, computed on the training mesh rules."""
+[batch, length, vocab] for int32 token ids, computed on the training mesh rules.
+
+Encoder-decoder models take the source as --tokens and the decoder inputs (BOS + target, as in
+training) as --decoder_tokens and give the decoder's logits; encoder (BERT) models the MLM
+logits."""
 
 import os
 
@@ -19,35 +23,52 @@ def define_flags() -> None:
     flags.DEFINE_string("tokens", None, "Input .npy of integer token ids, [batch, length] or "
                                         "[length].")
     flags.DEFINE_string("out", None, "Output .npy for float32 logits [batch, length, vocab].")
-    flags.DEFINE_string("decoder_tokens", None, "Decoder input ids (.npy) for encoder-decoder "
-                                                "models; the logits are then the decoder's.")
+    flags.DEFINE_string("decoder_tokens", None, "Decoder input ids (.npy) [batch, length], "
+                                                "required for encoder-decoder models, whose "
+                                                "--tokens are the source; the logits are then "
+                                                "the decoder's [batch, length, vocab].")
     flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
 
 
-def read_tokens(path: str, vocab_size: int, max_len: int) -> np.ndarray:
+def read_tokens(path: str, vocab_size: int, max_len: int, flag: str = "tokens") -> np.ndarray:
     """int32[batch, length] from a .npy file, refusing anything that is not plain integer ids."""
     try:
         tokens = np.load(path, allow_pickle=False)  # never unpickle a user's file
     except (OSError, ValueError) as e:
-        raise UserError(f"--tokens={path} is not a readable .npy array of ids ({e})") from None
+        raise UserError(f"--{flag}={path} is not a readable .npy array of ids ({e})") from None
     if tokens.ndim == 1:
         tokens = tokens[None]
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer) or tokens.size == 0:
-        raise UserError(f"--tokens={path} must be a non-empty integer array [batch, length], got "
+        raise UserError(f"--{flag}={path} must be a non-empty integer array [batch, length], got "
                         f"{tokens.dtype}{list(tokens.shape)}")
     if tokens.min() < 0 or tokens.max() >= vocab_size:
-        raise UserError(f"--tokens={path} has ids outside [0, {vocab_size}) of this model's "
+        raise UserError(f"--{flag}={path} has ids outside [0, {vocab_size}) of this model's "
                         f"vocabulary (min {tokens.min()}, max {tokens.max()})")
     if tokens.shape[1] > max_len:
-        raise UserError(f"--tokens={path} has length {tokens.shape[1]}, longer than the model's "
+        raise UserError(f"--{flag}={path} has length {tokens.shape[1]}, longer than the model's "
                         f"context of {max_len}")
     return tokens.astype(np.int32)
 
 
-def score(loaded, tokens: np.ndarray) -> np.ndarray:
-    """Logits for every position of every row (no padding: all rows are full)."""
+def _logits(model, params, tokens, decoder_tokens=None):
+    out = model.apply(params, tokens) if decoder_tokens is None else model.apply(
+        params, tokens, decoder_tokens)
+    return out["logits"] if isinstance(out, dict) else out  # an encoder returns all its heads
+
+
+def score(loaded, tokens: np.ndarray, decoder_tokens: np.ndarray | None = None) -> np.ndarray:
+    """Logits for every position of every row (no padding: all rows are full): the decoder's
+    over `decoder_tokens` for an encoder-decoder (whose `tokens` are the source), the MLM head's
+    for an encoder."""
+    if (decoder_tokens is None) != (loaded.config.family != "encoder_decoder"):
+        raise UserError("--decoder_tokens is required for encoder-decoder models and only for "
+                        "them")
+    if decoder_tokens is not None and decoder_tokens.shape[0] != tokens.shape[0]:
+        raise UserError(f"--decoder_tokens has {decoder_tokens.shape[0]} rows but --tokens has "
+                        f"{tokens.shape[0]}; give one decoder row per source")
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
-        logits = jax.jit(loaded.model.apply)(loaded.params, tokens)
+        logits = jax.jit(_logits, static_argnums=0)(loaded.model, loaded.params, tokens,
+                                                    decoder_tokens)
     return np.asarray(jax.device_get(logits), dtype=np.float32)
 
 
@@ -60,14 +81,20 @@ def main(argv: list[str]) -> None:
             if not FLAGS[name].value:
                 raise UserError(f"--{name} is required")
         config = read_config(FLAGS.checkpoint)
-        if FLAGS.decoder_tokens and config.family == "decoder":
-            raise UserError("--decoder_tokens is only for encoder-decoder models; this one is "
-                            "decoder-only")
+        seq2seq = config.family == "encoder_decoder"
+        if FLAGS.decoder_tokens and not seq2seq:
+            raise UserError(f"--decoder_tokens is only for encoder-decoder models; this one is "
+                            f"{'decoder-only' if config.family == 'decoder' else 'an encoder'}")
+        if seq2seq and not FLAGS.decoder_tokens:
+            raise UserError("this is an encoder-decoder model: give the decoder inputs (BOS + "
+                            "target) as --decoder_tokens=D.npy, the source as --tokens")
         tokens = read_tokens(FLAGS.tokens, config.vocab_size, config.max_len)
+        decoder_tokens = read_tokens(FLAGS.decoder_tokens, config.vocab_size, config.max_len,
+                                     "decoder_tokens") if seq2seq else None
         out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
         if not os.path.isdir(out_dir):
             raise UserError(f"--out={FLAGS.out}: directory {out_dir} does not exist")
-        logits = score(load(FLAGS.checkpoint, FLAGS.mesh), tokens)
+        logits = score(load(FLAGS.checkpoint, FLAGS.mesh), tokens, decoder_tokens)
     except UserError as e:
         exit_with(e)
     tmp = FLAGS.out + ".tmp.npy"

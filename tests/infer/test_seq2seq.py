@@ -1,0 +1,60 @@
+"""The encoder-decoder engine: cached on-device greedy decoding of a padded batch equals the
+uncached full forward per source, EOS stops a row, sampling is seeded, BOS comes from the
+tokenizer."""
+
+import types
+
+import pytest
+
+from infer import seq2seq
+from infer.sampling import Sampling
+from tests.infer.seq2seq_models import SOURCES, greedy_reference, random_loaded
+
+
+@pytest.mark.parametrize("preset", ["tiny_t5", "tiny_transformer"])
+def test_cached_greedy_equals_uncached_reference(preset):
+    loaded = random_loaded(preset)
+    batched = seq2seq.generate(loaded, SOURCES, max_new_tokens=8)
+    assert len({tuple(row) for row in batched}) == len(SOURCES)  # the sources matter
+    for source, got in zip(SOURCES, batched, strict=True):
+        assert got == greedy_reference(loaded, source, 8)
+
+
+def test_eos_stops_and_is_excluded():
+    loaded = random_loaded("tiny_t5")
+    free = seq2seq.generate(loaded, SOURCES, max_new_tokens=8)
+    stop = free[0][3]
+    cut = seq2seq.generate(loaded, SOURCES, max_new_tokens=8, eos_id=stop)
+    for row, got in zip(free, cut, strict=True):
+        assert got == (row[:row.index(stop)] if stop in row else row)
+    assert cut[0] == free[0][:free[0].index(stop)]
+    assert cut[0] == greedy_reference(loaded, SOURCES[0], 8, eos_id=stop)
+
+
+def test_sampling_is_seeded_and_top_1_is_greedy():
+    loaded = random_loaded("tiny_t5")
+    hot = Sampling(temperature=1.0)
+    first = seq2seq.generate(loaded, SOURCES, 8, hot, seed=1)
+    assert first == seq2seq.generate(loaded, SOURCES, 8, hot, seed=1)
+    assert first != seq2seq.generate(loaded, SOURCES, 8, hot, seed=2)
+    assert seq2seq.generate(loaded, SOURCES, 8, Sampling(temperature=1.0, top_k=1), seed=3) == \
+        seq2seq.generate(loaded, SOURCES, 8)
+
+
+def test_bos_comes_from_the_tokenizer():
+    assert seq2seq.bos_id_of(None) == 2
+    assert seq2seq.bos_id_of(types.SimpleNamespace(bos_id=7)) == 7
+    assert seq2seq.bos_id_of(types.SimpleNamespace(bos_id=-1)) == 2
+
+
+@pytest.mark.parametrize("sources, new, message", [
+    ([[5], []], 4, "at least one token"),
+    ([[5]], 0, "must be positive"),
+    ([[5]], 1000, "target length"),
+    ([[5] * 200], 4, "exceeds the model's context"),
+])
+def test_bad_requests_are_user_errors(sources, new, message):
+    from model.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        seq2seq.generate(random_loaded("tiny_t5"), sources, new)

@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from benchmarks.train_throughput import device_info, versions
 from infer.engine import _generate, init_cache
 from infer.load import Loaded
-from infer.roofline import device_peaks
+from infer.roofline import component_work, device_peaks
 from infer.sampling import Sampling, sample
 from model import sharding
 from model.config import ModelConfig, get_preset
@@ -165,11 +165,13 @@ def bench_batch(loaded: Loaded, batch: int, prompt_len: int, new_tokens: int, re
             eos_id=-1)[0], repeats)
 
     tpot = statistics.fmean(latencies)
-    param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    itemsize = jnp.dtype(cfg.dtype).itemsize
-    mean_context = prompt_len + (new_tokens - 1) / 2
-    kv_bytes = (2 * cfg.num_layers * batch * mean_context * cfg.num_kv_heads
-                * cfg.resolved_head_dim * itemsize)
+    # Bytes a decode step must move at the mean context: each weight once (of the embedding
+    # table only the rows looked up), the KV cache, activations (infer/roofline.py formulas).
+    mean_context = round(prompt_len + (new_tokens - 1) / 2)
+    work = component_work(cfg, batch, 1, mean_context)
+    step_bytes = sum(w.bytes for w in work.values())
+    kv_bytes = 2 * cfg.num_layers * batch * mean_context * cfg.num_kv_heads * \
+        cfg.resolved_head_dim * jnp.dtype(cfg.dtype).itemsize
     device = jax.devices()[0]
     peaks = device_peaks(cfg.dtype)
     memory_stats = device.memory_stats() or {}
@@ -188,8 +190,8 @@ def bench_batch(loaded: Loaded, batch: int, prompt_len: int, new_tokens: int, re
         "tokens_per_s": batch * new_tokens / decode_s,
         "overall_tokens_per_s": batch * new_tokens / end_to_end,
         "step_tokens_per_s": batch / tpot,
-        "mbu": (param_bytes + kv_bytes) / tpot / peaks.bandwidth,
-        "bytes_per_step": {"params": param_bytes, "kv_cache_at_mean_context": int(kv_bytes)},
+        "mbu": step_bytes / tpot / peaks.bandwidth,
+        "bytes_per_step": {"total": int(step_bytes), "kv_cache_at_mean_context": int(kv_bytes)},
         "prefill_mfu": prefill_flops(cfg, batch, prompt_len) / ttft / peaks.flops,
         "memory": memory,
     }

@@ -43,13 +43,17 @@ def components_plot(report: dict, path: str) -> None:
     b, c = cfg["batch"], cfg["context"]
     panels = [("decode", "batch", b, "context"), ("prefill", "batch", b, "context"),
               ("decode", "context", c, "batch"), ("prefill", "context", c, "batch")]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    for ax, (phase, fixed, value, key) in zip(axes.flat, panels, strict=True):
-        _stacked(ax, _select(points, phase, fixed, value, key), key,
-                 f"{phase}, {fixed} {value}: time per token by part")
+    # Only the phases that were measured (--phases) get panels.
+    panels = [(panel, rows) for panel in panels if (rows := _select(points, *panel))]
+    cols = 2 if len(panels) > 1 else 1
+    rows_of_panels = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_of_panels, cols, figsize=(6 * cols, 4 * rows_of_panels),
+                             squeeze=False)
+    for ax, ((phase, fixed, value, key), rows) in zip(axes.flat, panels, strict=False):
+        _stacked(ax, rows, key, f"{phase}, {fixed} {value}: time per token by part")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(_PARTS), fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.95 if rows_of_panels > 1 else 0.9))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

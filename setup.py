@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "numpy>=1.26",
     "pyarrow>=15",
+    "sacrebleu>=2.4",  # BLEU in seq2seq eval
 ]
 
 setup(

@@ -96,6 +96,11 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:  # e.g. vocab_size larger than the text supports
+        if "required_chars" in str(e):  # every character + bytes + symbols must have a piece
+            raise UserError(
+                f"vocab_size={vocab_size} cannot hold every character of the data plus 256 byte "
+                f"pieces and {len(extra_symbols)} extra symbols; try a larger --vocab_size."
+            )
         raise UserError(f"tokenizer training failed ({e}); try a smaller --vocab_size.")
     # Write to a temp file then rename, so an interrupted run never leaves a truncated model.
     directory = os.path.dirname(os.path.abspath(model_path))
@@ -138,13 +143,14 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     from data.corpus import load_corpus
+    from data.span import SENTINELS
     from model.errors import exit_with
 
     del argv
     args = flags.FLAGS
     try:
         corpus = load_corpus(args.data)
-        extra = BERT_SYMBOLS if args.bert_symbols else ()
+        extra = (BERT_SYMBOLS if args.bert_symbols else ()) + (SENTINELS if args.sentinels else ())
         tokenizer = train_tokenizer(corpus.train, args.vocab_size, args.out, extra_symbols=extra)
     except UserError as e:
         exit_with(e)
@@ -167,6 +173,11 @@ def _define_flags() -> None:
         "bert_symbols",
         False,
         "Add the pieces [MASK], [CLS], [SEP] (ids 6, 7, 8) that the MLM/NSP/classify data needs.",
+    )
+    flags.DEFINE_bool(
+        "sentinels",
+        False,
+        "Add the 100 pieces <extra_id_0> ... <extra_id_99> that T5 span corruption needs.",
     )
     flags.DEFINE_string("out", None, "Path of the SentencePiece .model file to write. Required.")
     flags.mark_flag_as_required("out")

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
 
 from model.errors import UserError
 
@@ -79,3 +80,62 @@ def restore_params(path: str, abstract_params: Any) -> Any:
                         f"({str(e).splitlines()[0][:200]})") from None
     logging.info("initialised params from %s step %d", path, step)
     return out.state["params"]
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+    """A manager that can read a checkpoint's metadata (handlers named for every item, so orbax
+    neither guesses nor warns)."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add("state", ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler)
+    for item in ("data", "meta"):
+        registry.add(item, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
+    return ocp.CheckpointManager(directory, handler_registry=registry)
+
+
+def match_pretrained(path: str, abstract_params: Any, heads: tuple[str, ...] = ("classifier",)
+                     ) -> tuple[int, list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """Which params of the latest checkpoint at `path` a fine-tuning run loads: (step, keys to
+    load, keys to initialise fresh). A param loads if the checkpoint has it in the same shape; a
+    param under a top-level name in `heads` that the checkpoint lacks or holds in another shape
+    (a class head of a different size) starts fresh; any other mismatch is a UserError. Reads
+    metadata only, so a run can be refused before it writes anything."""
+    directory = os.path.join(os.path.abspath(path), "checkpoints")
+    if not os.path.isdir(directory):
+        raise UserError(f"{path}: no checkpoints/ directory there; point it at a training "
+                        f"workdir or a converted model")
+    manager = _reader(directory)
+    step = manager.latest_step()
+    if step is None:
+        raise UserError(f"{path}: it holds no complete checkpoint")
+    stored = traverse_util.flatten_dict(dict(manager.item_metadata(step)["state"])["params"])
+    manager.close()
+    load, fresh = [], []
+    for key, leaf in traverse_util.flatten_dict(abstract_params).items():
+        if key in stored and tuple(stored[key].shape) == tuple(leaf.shape):
+            load.append(key)
+        elif key[0] in heads:
+            fresh.append(key)
+        else:
+            found = tuple(stored[key].shape) if key in stored else "missing"
+            raise UserError(f"{path}: param {'/'.join(key)} is {found} there but {leaf.shape} in "
+                            f"this model; pass the size flags it was trained with")
+    return step, load, fresh
+
+
+def restore_pretrained(path: str, abstract_params: Any, fresh_params: Any,
+                       heads: tuple[str, ...] = ("classifier",)) -> tuple[Any, int, list[str]]:
+    """`fresh_params` with every param that `match_pretrained` loads replaced by the checkpoint's
+    (placed as `abstract_params`' shardings say). Returns (params, number of param arrays loaded,
+    names of the freshly initialised ones)."""
+    step, load, fresh = match_pretrained(path, abstract_params, heads)
+    wanted = traverse_util.flatten_dict(abstract_params)
+    target = {"params": traverse_util.unflatten_dict({key: wanted[key] for key in load})}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
+    manager = _reader(os.path.join(os.path.abspath(path), "checkpoints"))
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))
+    manager.close()
+    params = traverse_util.flatten_dict(fresh_params)
+    params.update(traverse_util.flatten_dict(out.state["params"]))
+    logging.info("initialised params from %s step %d", path, step)
+    return traverse_util.unflatten_dict(params), len(load), ["/".join(k) for k in fresh]

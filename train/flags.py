@@ -17,8 +17,10 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     # Model.
-    preset: str = _f("tiny", "Model preset (tiny, tiny_gpt, tiny_llama, gpt2_124m, gpt2_350m, "
-                             "llama_1b, llama_7b); the size flags below override it.")
+    preset: str = _f("tiny", "Model preset: decoders tiny, tiny_gpt, tiny_llama, gpt2_124m, "
+                             "gpt2_350m, llama_1b, llama_7b; encoders tiny_bert, bert_base, "
+                             "bert_large; encoder-decoders tiny_t5, t5_small, t5_base, "
+                             "tiny_transformer, transformer_base. The size flags below override it.")
     num_layers: int | None = _f(None, "Transformer layers (default: the preset's).")
     d_model: int | None = _f(None, "Model width (default: the preset's).")
     num_heads: int | None = _f(None, "Query heads (default: the preset's).")
@@ -42,13 +44,34 @@ class TrainConfig:
     seed: int = _f(0, "Seed for init, data order and any randomness of the objective.")
     mesh: str = _f("", "Device mesh, e.g. data=2,fsdp=-1,tensor=2 (one -1 takes the remaining "
                        "devices); empty puts every device on data.")
-    objective: str = _f("clm", "Training objective: clm (causal LM).")
+    objective: str = _f("clm", "Training objective: clm (causal LM, decoder), mlm or mlm_nsp "
+                               "(BERT pretraining, encoder), classify (fine-tune an encoder; "
+                               "needs --init_from), seq2seq (source -> target, encoder_decoder), "
+                               "span (T5 span corruption, encoder_decoder).")
     init_from: str = _f("", "Workdir or converted model to take initial params from (the "
-                            "optimizer starts fresh).")
+                            "optimizer starts fresh); its tokenizer is used unless --tokenizer "
+                            "is set. Params the checkpoint lacks (a new class head) start fresh.")
     # Data.
-    data: str = _f("stdlib", "Training text: 'stdlib' (this Python's standard library source) or "
-                             "comma-separated .txt/.jsonl/.parquet files, globs or directories.")
-    eval_fraction: float = _f(0.02, "Fraction of documents held out for evaluation.")
+    data: str = _f("stdlib", "Training data: 'stdlib' (this Python's standard library: source "
+                             "text; for seq2seq function code -> docstring; for classify which "
+                             "package a function is from) or comma-separated .txt/.jsonl/.parquet "
+                             "files, globs or directories (.jsonl fields: text; source/target for "
+                             "seq2seq; text/label for classify).")
+    eval_fraction: float = _f(0.02, "Fraction of documents (or examples) held out for evaluation.")
+    target_len: int = _f(0, "Decoder tokens per example (seq2seq, span); --seq_len is the "
+                            "encoder's. 0: --seq_len for seq2seq, what span corruption of "
+                            "--seq_len tokens needs for span.")
+    mask_rate: float = _f(0.15, "mlm, mlm_nsp: fraction of each row's tokens to predict (80% "
+                                "become [MASK], 10% a random token, 10% stay).")
+    noise_density: float = _f(0.15, "span: fraction of tokens corrupted.")
+    mean_span_length: float = _f(3.0, "span: mean length in tokens of a corrupted span.")
+    num_classes: int = _f(0, "classify: number of classes (the class head's size). 0: 8 for the "
+                             "stdlib task (its 8 largest packages), the labels found in .jsonl "
+                             "data.")
+    label_smoothing: float = _f(0.0, "seq2seq, span: label smoothing of the training targets in "
+                                     "[0, 1) (0.1 in Vaswani et al.); eval loss is unsmoothed.")
+    bleu_examples: int = _f(64, "seq2seq: held-out examples greedily decoded for the eval BLEU "
+                                "(sacrebleu, against the untruncated references); 0 disables.")
     tokenizer: str = _f("", "SentencePiece model to use; empty trains one on the data into "
                             "WORKDIR/tokenizer.model.")
     # Optimizer.
@@ -69,7 +92,7 @@ class TrainConfig:
     # Logging, evaluation, checkpoints.
     log_every: int = _f(10, "Steps between metrics lines (metrics.jsonl, TensorBoard, console).")
     eval_every: int = _f(100, "Steps between evaluations on the held-out split; 0 disables.")
-    eval_batches: int = _f(10, "Held-out batches per evaluation.")
+    eval_batches: int = _f(10, "Held-out batches per evaluation (fewer if the split ends first).")
     save_every: int = _f(100, "Steps between checkpoints (one is always saved at the end).")
     keep_checkpoints: int = _f(3, "Most recent checkpoints to keep.")
     keep_period: int = _f(0, "Also keep every checkpoint whose step is a multiple of this; 0: none.")

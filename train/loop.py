@@ -1,5 +1,6 @@
-"""The training loop, the same for every family: restore or init the sharded state, compile the
-step ahead of time, then step / log / evaluate / checkpoint until --steps.
+"""The training loop, the same for every family and objective (train/tasks.py says what differs):
+restore or init the sharded state, compile the step ahead of time, then step / log / evaluate /
+checkpoint until --steps.
 
 Side effects (I/O, logging, checkpoints) live here; the jitted functions stay pure.
 """
@@ -14,27 +15,42 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from data.pipeline import packed_dataset
-from data.unigram import unigram_loss
 from model import sharding
 from model.transformer import build_model
-from train.checkpoint import Checkpointer, restore_params
+from train.bleu import Bleu
+from train.checkpoint import Checkpointer, match_pretrained, restore_pretrained
 from train.flags import TrainConfig
 from train.metrics import MetricsWriter, format_line, peak_flops, plot_curves, train_flops_per_token
-from train.objectives import get_objective
 from train.optimizer import make_optimizer
 from train.prepare import Run, prepare
 from train.state import abstract_state, create_state
-from train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from train.step import (
+    batch_shardings,
+    jit_eval_step,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+)
+from train.tasks import spread
 
 
 def _say(message: str) -> None:
     tqdm.write(message, file=sys.stdout)
 
 
-def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+def _global_batch(local: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
     """Assembles each host's rows into one global array laid out as the batch sharding says."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+
+
+def _batch_layout(run: Run) -> tuple[dict, dict]:
+    """(shardings, abstract global arrays) of a batch, by key; shapes are read off the first
+    held-out batch (every batch of a stream has the same shapes)."""
+    example = next(iter(run.eval_data))
+    shardings = batch_shardings(run.mesh, example)
+    abstract = {k: jax.ShapeDtypeStruct((run.cfg.batch_size, *v.shape[1:]), v.dtype,
+                                        sharding=shardings[k]) for k, v in example.items()}
+    return shardings, abstract
 
 
 def _memory_report(compiled) -> str:
@@ -48,44 +64,53 @@ def _memory_report(compiled) -> str:
             f"{stats.alias_size_in_bytes / gib:.3f} GiB)")
 
 
-def evaluate(run: Run, eval_fn, params, batch_sharding) -> dict[str, float]:
-    """Mean token loss over the first --eval_batches batches of the held-out split (the same
-    batches every time: no shuffle)."""
-    cfg = run.cfg
-    ds = packed_dataset(run.corpus.eval, run.tokenizer, length=run.row_length,
-                        batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
-                        shuffle=False, repeat=False, process_index=jax.process_index(),
-                        process_count=jax.process_count())
-    total, count = 0.0, 0.0
-    for i, batch in enumerate(ds):
-        if i >= cfg.eval_batches:
+def evaluate(run: Run, eval_fn, params, shardings, bleu: Bleu | None = None) -> dict[str, float]:
+    """Held-out metrics over the first --eval_batches batches of the eval split (the same batches
+    in the same order every time): eval_loss / eval_ppl / eval_tokens from the objective's "loss" sums,
+    each other statistic (accuracy, ...) as its sum over its count, and BLEU if asked."""
+    sums: dict[str, list[float]] = {}
+    for i, batch in enumerate(run.eval_data):
+        if i >= run.cfg.eval_batches:
             break
-        loss_sum, weight = jax.device_get(eval_fn(params, _global_batch(batch, batch_sharding)))
-        total, count = total + float(loss_sum), count + float(weight)
+        stats = jax.device_get(eval_fn(params, _global_batch(batch, shardings)))
+        for name, (total, count) in stats.items():
+            sums.setdefault(name, [0.0, 0.0])
+            sums[name][0] += float(total)
+            sums[name][1] += float(count)
+    total, count = sums.pop("loss")
     loss = total / max(count, 1.0)
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": count}
+    out = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": count}
+    out.update({name: total / max(count, 1.0) for name, (total, count) in sums.items()})
+    if bleu is not None:
+        out["bleu"] = bleu(params)
+    return out
+
+
+def _baseline_line(extra: dict) -> str:
+    if "majority_accuracy" in extra:
+        return (f"majority-class accuracy {extra['majority_accuracy']:.3f} "
+                f"({len(extra['label_names'])} classes)")
+    return f"unigram baseline loss {extra['unigram_loss']:.3f}"
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Runs (or resumes) training; returns the last logged metrics."""
     run = prepare(cfg)
-    mesh = run.mesh
+    mesh, task = run.mesh, run.task
     model = build_model(run.model)
     tx, schedule = make_optimizer(cfg)
-    objective = get_objective(cfg.objective)
     abstract, shardings = abstract_state(model, tx, cfg.seed, mesh)
+    if cfg.init_from and run.previous is None:
+        match_pretrained(cfg.init_from, abstract["params"])  # refuse before writing anything
     checkpointer = Checkpointer(run.workdir, cfg.keep_checkpoints, cfg.keep_period)
     latest = checkpointer.latest_step()
-    extra = {"unigram_loss": (run.previous or {}).get("unigram_loss")}
-    if extra["unigram_loss"] is None:
-        extra["unigram_loss"] = unigram_loss(run.tokenizer, run.corpus.train, run.corpus.eval)
+    extra = {k: v for k, v in (run.previous or {}).items()
+             if k in ("unigram_loss", "majority_accuracy", "label_names")}
+    if not extra:
+        extra = task.baseline(run.tokenizer, run.data)
     run.commit(extra)
 
-    train_ds = packed_dataset(run.corpus.train, run.tokenizer, length=run.row_length,
-                              batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count())
-    data_iter = iter(train_ds)
+    data_iter = iter(run.train_data)
     if latest is not None:
         state, data_state, _ = checkpointer.restore(latest, abstract)
         data_iter.set_state(data_state)
@@ -93,27 +118,35 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     else:
         state, _ = create_state(model, tx, cfg.seed, mesh)
         if cfg.init_from:
-            state["params"] = restore_params(cfg.init_from, abstract["params"])
+            state["params"], loaded, fresh = restore_pretrained(
+                cfg.init_from, abstract["params"], state["params"])
+            _say(f"init from {cfg.init_from}: loaded {loaded} param arrays; freshly initialised "
+                 f"{', '.join(fresh) or 'none'}")
     start = int(jax.device_get(state["step"]))
 
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"]))
-    flops_per_token = train_flops_per_token(run.model, cfg.seq_len)
-    tokens_per_step = cfg.batch_size * cfg.seq_len
+    flops_per_token = train_flops_per_token(run.model, cfg.seq_len, run.target_len, task.lm_head)
+    tokens_per_step = cfg.batch_size * task.tokens_per_row(cfg)
     peak = peak_flops()
-    _say(f"model {cfg.preset}: {n_params / 1e6:.2f}M params, {flops_per_token / 1e6:.1f} MFLOP "
-         f"per token; mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
-         f" device(s); unigram baseline loss {extra['unigram_loss']:.3f}")
+    _say(f"model {cfg.preset} ({run.model.family}, --objective={cfg.objective}): "
+         f"{n_params / 1e6:.2f}M params, {flops_per_token / 1e6:.1f} MFLOP per token; mesh "
+         f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s); "
+         f"{_baseline_line(extra)}")
 
-    batch_sharding = sharding.named(mesh, "batch", None)
+    batch_layout, abstract_batch = _batch_layout(run)
+    bleu = None
+    if cfg.objective == "seq2seq" and cfg.bleu_examples and cfg.eval_every:
+        bleu = Bleu(model, run.tokenizer, spread(run.data.eval, cfg.bleu_examples),
+                    source_length=cfg.seq_len, target_length=run.target_len,
+                    batch_size=cfg.batch_size, mesh=mesh, param_shardings=shardings["params"])
     metrics = MetricsWriter(run.workdir, resume_step=start)
     last: dict[str, float] = {}
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        step_fn = jit_train_step(make_train_step(model, objective, tx, schedule, cfg.grad_accum),
-                                 shardings, mesh)
-        eval_fn = jit_eval_step(make_eval_step(model, objective), shardings["params"], mesh)
-        batch_shape = jax.ShapeDtypeStruct((cfg.batch_size, run.row_length), np.int32,
-                                           sharding=batch_sharding)
-        abstract_batch = {k: batch_shape for k in ("tokens", "segment_ids", "positions")}
+        step_fn = jit_train_step(
+            make_train_step(model, task.objective(cfg), tx, schedule, cfg.grad_accum),
+            shardings, mesh, batch_layout)
+        eval_fn = jit_eval_step(make_eval_step(model, task.stats), shardings["params"], mesh,
+                                batch_layout)
         t0 = time.perf_counter()
         compiled = step_fn.lower(abstract, abstract_batch).compile()
         _say(f"compiled train step in {time.perf_counter() - t0:.1f} s; {_memory_report(compiled)}")
@@ -124,7 +157,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         pending, consecutive_bad, skipped = [], 0, 0
         interval_start = time.perf_counter()
         for step in range(start + 1, cfg.steps + 1):
-            state, step_metrics = compiled(state, _global_batch(next(data_iter), batch_sharding))
+            state, step_metrics = compiled(state, _global_batch(next(data_iter), batch_layout))
             pending.append(step_metrics)
             bar.update(1)
             if step % cfg.log_every and step != cfg.steps:
@@ -150,7 +183,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                     "tokens_seen": step * tokens_per_step, "skipped_steps": skipped}
             pending = []
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                last.update(evaluate(run, eval_fn, state["params"], batch_sharding))
+                last.update(evaluate(run, eval_fn, state["params"], batch_layout, bleu))
             metrics.write(step, last)
             _say(format_line(step, cfg.steps, last))
             bar.set_postfix(loss=f"{last['loss']:.3f}", refresh=False)
@@ -161,6 +194,6 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     checkpointer.close()
     metrics.close()
     if last and jax.process_index() == 0:
-        _say(f"loss curve: {plot_curves(run.workdir, extra['unigram_loss'])}")
+        _say(f"loss curve: {plot_curves(run.workdir, extra.get('unigram_loss'))}")
     logging.info("done: %s", last)
     return last

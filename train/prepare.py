@@ -1,6 +1,6 @@
-"""Resolves a run before anything is written: flags -> model config, mesh, data, tokenizer,
-and the workdir's existing contents. Every bad input a user can give is refused here, so a
-refused run leaves the workdir exactly as it was."""
+"""Resolves a run before anything is written: flags -> task, model config, mesh, data, tokenizer,
+datasets, the pretrained run of --init_from, and the workdir's existing contents. Every bad input
+a user can give is refused here, so a refused run leaves the workdir exactly as it was."""
 
 import dataclasses
 import json
@@ -8,22 +8,24 @@ import os
 import shutil
 import tempfile
 
+import grain
 import jax
 from absl import logging
 from jax.sharding import Mesh
 
-from data.corpus import Corpus, load_corpus
 from data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError
 from train.flags import MODEL_OVERRIDES, TrainConfig, flagfile_text
-from train.objectives import EXTRA_TOKENS, get_objective
 from train.optimizer import make_optimizer
+from train.tasks import Data, Task, get_task, target_len
 
 _TMP_PREFIX = "meshlm-tokenizer-"
 POSITIVE = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "eval_batches",
             "keep_checkpoints")
+# Settings that change neither the params nor their shapes: a pretrained model may differ in them.
+_COMPUTE_ONLY = ("dtype", "remat", "attention", "num_labels")
 
 
 @dataclasses.dataclass
@@ -31,16 +33,20 @@ class Run:
     """Everything a validated run needs; `commit()` writes it to the workdir."""
 
     cfg: TrainConfig
+    task: Task
     model: ModelConfig
     mesh: Mesh
-    corpus: Corpus
+    data: Data  # the corpus or the examples, split into train and eval
     tokenizer: Tokenizer
     workdir: str
     previous: dict | None  # config.json of an earlier run in this workdir
+    train_data: grain.IterDataset  # this host's batches; endless, checkpointable
+    eval_data: grain.IterDataset  # this host's held-out batches; one pass, in order
 
     @property
-    def row_length(self) -> int:
-        return self.cfg.seq_len + EXTRA_TOKENS[self.cfg.objective]
+    def target_len(self) -> int:
+        """Decoder tokens per row (0 outside the encoder-decoder family)."""
+        return target_len(self.task, self.cfg)
 
     def commit(self, extra: dict) -> None:
         """Creates the workdir and writes tokenizer.model, config.json and flags.txt."""
@@ -53,7 +59,7 @@ class Run:
                 shutil.rmtree(os.path.dirname(self.tokenizer.path), ignore_errors=True)
             self.tokenizer.path = target
         config = {"flags": self.cfg.to_flags(), "model": self.model.to_dict(),
-                  "corpus": self.corpus.fingerprint, **extra}
+                  "corpus": self.data.fingerprint, **extra}
         _atomic_write(os.path.join(self.workdir, "config.json"),
                       json.dumps(config, indent=2).encode())
         _atomic_write(os.path.join(self.workdir, "flags.txt"), flagfile_text(self.cfg).encode())
@@ -74,6 +80,15 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise UserError(f"--seq_len must be at least 2, got {cfg.seq_len}")
     if cfg.learning_rate < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0:
         raise UserError("--learning_rate, --warmup_steps and --eval_every must not be negative")
+    if cfg.target_len < 0 or cfg.num_classes < 0 or cfg.bleu_examples < 0:
+        raise UserError("--target_len, --num_classes and --bleu_examples must not be negative")
+    if not 0.0 < cfg.mask_rate < 1.0:
+        raise UserError(f"--mask_rate must be in (0, 1), got {cfg.mask_rate}; BERT uses 0.15")
+    if not 0.0 < cfg.noise_density < 1.0 or cfg.mean_span_length < 1.0:
+        raise UserError(f"--noise_density must be in (0, 1) and --mean_span_length >= 1, got "
+                        f"{cfg.noise_density} and {cfg.mean_span_length}; T5 uses 0.15 and 3")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise UserError(f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
 
 
 def _check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
@@ -100,17 +115,59 @@ def _read_previous(workdir: str) -> dict | None:
         raise UserError(f"{path} is unreadable ({e}); restore it or use a new --workdir") from None
 
 
-def _tokenizer(cfg: TrainConfig, workdir: str, corpus: Corpus, vocab_size: int) -> Tokenizer:
-    """The workdir's tokenizer if resuming, else --tokenizer, else one trained on the data (into
-    a temp dir: it reaches the workdir only when the whole run has been validated)."""
+def _read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
+    """config.json of the --init_from run; --objective=classify requires one."""
+    if not cfg.init_from:
+        if task.name == "classify":
+            raise UserError("--objective=classify fine-tunes a pretrained encoder: pass "
+                            "--init_from=WORKDIR of an mlm or mlm_nsp run")
+        return None
+    path = os.path.join(cfg.init_from, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            pretrained = json.load(f)
+        family = pretrained["model"]["family"]
+    except FileNotFoundError:
+        raise UserError(f"--init_from={cfg.init_from} has no config.json; point it at a "
+                        f"training workdir or a converted model") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is unreadable ({e}); point --init_from at another run") from None
+    task.check_family(family, f"--init_from={cfg.init_from}")
+    return pretrained
+
+
+def _check_same_model(model: ModelConfig, pretrained: dict, cfg: TrainConfig) -> None:
+    theirs = pretrained["model"]
+    changed = sorted(k for k, v in model.to_dict().items()
+                     if k not in _COMPUTE_ONLY and theirs.get(k) != v)
+    if changed:
+        diffs = ", ".join(f"{k} ({theirs.get(k)} there, {getattr(model, k)} here)"
+                          for k in changed[:3])
+        raise UserError(f"--init_from={cfg.init_from} holds a model that differs in {diffs}; "
+                        f"pass the size flags it was trained with")
+
+
+def _tokenizer(cfg: TrainConfig, workdir: str, task: Task, data: Data,
+               vocab_size: int) -> Tokenizer:
+    """The workdir's tokenizer if resuming, else --tokenizer, else the --init_from run's, else
+    one trained on the data (into a temp dir: it reaches the workdir only when the whole run has
+    been validated) with the pieces the task needs."""
     own = os.path.join(workdir, "tokenizer.model")
+    pretrained = os.path.join(cfg.init_from, "tokenizer.model") if cfg.init_from else ""
     if os.path.exists(own):
-        return load_tokenizer(own)
-    if cfg.tokenizer:
-        return load_tokenizer(cfg.tokenizer)
-    logging.info("training a %d-piece tokenizer on %s", vocab_size, cfg.data)
-    return train_tokenizer(corpus.train, vocab_size,
-                           os.path.join(tempfile.mkdtemp(prefix=_TMP_PREFIX), "tokenizer.model"))
+        tokenizer = load_tokenizer(own)
+    elif cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    elif pretrained and os.path.exists(pretrained):
+        tokenizer = load_tokenizer(pretrained)
+    else:
+        logging.info("training a %d-piece tokenizer on %s", vocab_size, cfg.data)
+        tokenizer = train_tokenizer(
+            task.tokenizer_texts(data), vocab_size,
+            os.path.join(tempfile.mkdtemp(prefix=_TMP_PREFIX), "tokenizer.model"),
+            extra_symbols=task.extra_symbols)
+    task.check_tokenizer(tokenizer)
+    return tokenizer
 
 
 def prepare(cfg: TrainConfig) -> Run:
@@ -118,31 +175,38 @@ def prepare(cfg: TrainConfig) -> Run:
         raise UserError("--workdir is required: the directory for this run's checkpoints and "
                         "metrics")
     _check_numbers(cfg)
-    get_objective(cfg.objective)
+    task = get_task(cfg.objective)
     make_optimizer(cfg)  # refuses unknown optimizers and schedules
     overrides = {name: getattr(cfg, name) for name in MODEL_OVERRIDES}
     model_cfg = get_preset(cfg.preset).replace(**overrides)
-    model_cfg = model_cfg.replace(max_len=max(model_cfg.max_len, cfg.seq_len))
+    task.check_family(model_cfg.family, f"--preset={cfg.preset}")
+    pretrained = _read_pretrained(cfg, task)
     mesh = sharding.make_mesh(cfg.mesh)
     _check_batch(cfg, mesh)
     workdir = os.path.abspath(cfg.workdir)
     previous = _read_previous(workdir)
-    corpus = load_corpus(cfg.data, cfg.eval_fraction)
-    if previous and previous.get("corpus", {}).get("sha256") != corpus.fingerprint["sha256"]:
-        logging.warning("the corpus differs from the one this workdir was trained on (%s, python "
+    data = task.load_data(cfg)
+    if previous and previous.get("corpus", {}).get("sha256") != data.fingerprint["sha256"]:
+        logging.warning("the data differ from those this workdir was trained on (%s, python "
                         "%s, now python %s): resuming continues on different data",
                         previous["corpus"].get("source"), previous["corpus"].get("python"),
-                        corpus.fingerprint["python"])
-    tokenizer = _tokenizer(cfg, workdir, corpus, model_cfg.vocab_size)
+                        data.fingerprint["python"])
+    tokenizer = _tokenizer(cfg, workdir, task, data, model_cfg.vocab_size)
     if cfg.vocab_size is None:
         model_cfg = model_cfg.replace(vocab_size=tokenizer.vocab_size)
     elif cfg.vocab_size < tokenizer.vocab_size:
         raise UserError(f"--vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
                         f"{tokenizer.vocab_size} pieces ({tokenizer.path}); raise it or drop it")
+    model_cfg = task.resolve_model(model_cfg, cfg, data)
+    if pretrained:
+        _check_same_model(model_cfg, pretrained, cfg)
     if previous and previous.get("model") != model_cfg.to_dict():
         changed = sorted(k for k, v in model_cfg.to_dict().items()
                          if previous.get("model", {}).get(k) != v)
         raise UserError(f"--workdir={cfg.workdir} holds a run of a different model (differs in "
                         f"{', '.join(changed)}); use a new --workdir or the original flags")
-    return Run(cfg=cfg, model=model_cfg, mesh=mesh, corpus=corpus, tokenizer=tokenizer,
-               workdir=workdir, previous=previous)
+    hosts = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    train_data = task.dataset(cfg, data, tokenizer, "train", **hosts)
+    eval_data = task.dataset(cfg, data, tokenizer, "eval", **hosts)
+    return Run(cfg=cfg, task=task, model=model_cfg, mesh=mesh, data=data, tokenizer=tokenizer,
+               workdir=workdir, previous=previous, train_data=train_data, eval_data=eval_data)

@@ -64,19 +64,31 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
     return train_step
 
 
-def make_eval_step(model: nn.Module, objective: Objective) -> Callable:
-    def eval_step(params, batch: Batch) -> tuple[jax.Array, jax.Array]:
-        return objective(model, params, batch, jax.random.PRNGKey(0))
+def make_eval_step(model: nn.Module, stats: Callable) -> Callable:
+    """(params, batch) -> {name: (sum, count)} of the objective's eval statistics."""
+    def eval_step(params, batch: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
+        return stats(model, params, batch)
     return eval_step
 
 
-def jit_train_step(train_step: Callable, state_shardings, mesh: Mesh) -> Callable:
-    batch = sharding.named(mesh, "batch", None)
+def batch_shardings(mesh: Mesh, batch: dict) -> dict:
+    """One NamedSharding per batch array: rows split over the batch axes, the rest whole (so
+    [batch, length] token arrays and [batch] labels alike)."""
+    return {k: sharding.named(mesh, "batch", *[None] * (len(v.shape) - 1))
+            for k, v in batch.items()}
+
+
+def jit_train_step(train_step: Callable, state_shardings, mesh: Mesh,
+                   batch_shardings=None) -> Callable:
+    """`batch_shardings`: one sharding for every batch array or a dict by key (default: rows
+    split over the batch axes of a [batch, length] array)."""
+    batch = batch_shardings or sharding.named(mesh, "batch", None)
     return jax.jit(train_step, in_shardings=(state_shardings, batch),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def jit_eval_step(eval_step: Callable, param_shardings, mesh: Mesh) -> Callable:
-    batch = sharding.named(mesh, "batch", None)
+def jit_eval_step(eval_step: Callable, param_shardings, mesh: Mesh,
+                  batch_shardings=None) -> Callable:
+    batch = batch_shardings or sharding.named(mesh, "batch", None)
     return jax.jit(eval_step, in_shardings=(param_shardings, batch),
                    out_shardings=sharding.replicated(mesh))

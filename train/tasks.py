@@ -1,0 +1,188 @@
+"""--objective -> everything the one loop needs to train it: the model family it trains, the data
+it reads and the batches made from them, the tokenizer pieces those need, the loss and eval
+statistics, and the baseline a trained model must beat.
+
+A family is data + objective + model; the loop (train/loop.py) is the same for all of them.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import grain
+
+from data.classify import ClassificationTask, classification_dataset, classification_task
+from data.corpus import Corpus, load_corpus
+from data.mlm import mlm_dataset, special_ids
+from data.nsp import nsp_dataset
+from data.pipeline import packed_dataset
+from data.seq2seq import Seq2SeqTask, seq2seq_dataset, seq2seq_task
+from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
+from data.tokenizer import BERT_SYMBOLS, Tokenizer
+from data.unigram import unigram_loss
+from model.config import ModelConfig
+from model.errors import UserError
+from train import objectives
+from train.flags import TrainConfig
+
+Data = Corpus | Seq2SeqTask | ClassificationTask  # each has .train, .eval, .fingerprint
+DEFAULT_NUM_CLASSES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    family: str  # the ModelConfig.family it trains
+    kind: str  # its data: "text" (a corpus), "pairs" (seq2seq) or "labels" (classification)
+    loss: Callable  # (model, params, batch, rng, **loss_options(cfg)) -> (sum, count)
+    stats: Callable  # (model, params, batch) -> {name: (sum, count)}; "loss" is eval_loss
+    extra_symbols: tuple[str, ...] = ()  # tokenizer pieces its batches need
+    loss_options: Callable[[TrainConfig], dict] = lambda cfg: {}
+    lm_head: bool = True  # whether the loss reads the vocabulary logits (for the FLOP count)
+
+    def objective(self, cfg: TrainConfig) -> Callable:
+        return functools.partial(self.loss, **self.loss_options(cfg))
+
+    def load_data(self, cfg: TrainConfig) -> Data:
+        if self.kind == "pairs":
+            return seq2seq_task(cfg.data, eval_fraction=cfg.eval_fraction)
+        if self.kind == "labels":
+            num_classes = cfg.num_classes or DEFAULT_NUM_CLASSES
+            if cfg.data == "stdlib":
+                return classification_task("stdlib", num_classes=num_classes,
+                                           eval_fraction=cfg.eval_fraction)
+            return classification_task(cfg.data, eval_fraction=cfg.eval_fraction)
+        return load_corpus(cfg.data, cfg.eval_fraction)
+
+    def tokenizer_texts(self, data: Data) -> list[str]:
+        """The text a tokenizer for this task is trained on."""
+        if self.kind == "pairs":
+            return [text for pair in data.train for text in pair]
+        if self.kind == "labels":
+            return [example.text for example in data.train]
+        return data.train
+
+    def check_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """A UserError if the tokenizer lacks the pieces this task's batches need."""
+        if BERT_SYMBOLS[0] in self.extra_symbols:
+            special_ids(tokenizer)
+        if SENTINELS[0] in self.extra_symbols:
+            sentinel_ids(tokenizer)
+
+    def check_family(self, family: str, what: str) -> None:
+        if family != self.family:
+            example = {"decoder": "tiny", "encoder": "tiny_bert",
+                       "encoder_decoder": "tiny_t5"}[self.family]
+            raise UserError(f"--objective={self.name} trains the {self.family} family (e.g. "
+                            f"--preset={example}), but {what} is {_article(family)} {family} "
+                            f"model; pick a matching --preset/--objective")
+
+    def resolve_model(self, model: ModelConfig, cfg: TrainConfig, data: Data) -> ModelConfig:
+        """The family's own settings: head sizes and a position table long enough."""
+        model = model.replace(max_len=max(model.max_len, cfg.seq_len, target_len(self, cfg)))
+        if self.name == "mlm_nsp":
+            return model.replace(num_labels=2)
+        if self.name == "classify":
+            return model.replace(num_labels=num_labels(cfg, data))
+        return model
+
+    def dataset(self, cfg: TrainConfig, data: Data, tokenizer: Tokenizer, split: str,
+                process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+        """This host's batches of the "train" split (shuffled, endless) or "eval" (one pass in
+        a fixed order, the last batch padded with rows of weight 0). Held-out examples are listed
+        in file order, so they are shuffled once (by --seed) to make any first --eval_batches a
+        fair sample; held-out text stays in order (its documents are already spread by hash)."""
+        train = split == "train"
+        common = {"batch_size": cfg.batch_size // process_count, "seed": cfg.seed,
+                  "shuffle": train or self.kind != "text", "repeat": train,
+                  "process_index": process_index, "process_count": process_count}
+        items = data.train if train else data.eval
+        if self.name == "clm":
+            return packed_dataset(items, tokenizer, length=cfg.seq_len + 1, **common)
+        if self.name == "mlm":
+            return mlm_dataset(items, tokenizer, length=cfg.seq_len, mask_rate=cfg.mask_rate,
+                               **common)
+        if self.name == "mlm_nsp":
+            return nsp_dataset(items, tokenizer, length=cfg.seq_len, mask_rate=cfg.mask_rate,
+                               **common)
+        if self.name == "classify":
+            return classification_dataset(items, tokenizer, length=cfg.seq_len, **common)
+        if self.name == "seq2seq":
+            return seq2seq_dataset(items, tokenizer, source_length=cfg.seq_len,
+                                   target_length=target_len(self, cfg), **common)
+        return span_dataset(items, tokenizer, length=cfg.seq_len, target_length=cfg.target_len,
+                            noise_density=cfg.noise_density,
+                            mean_span_length=cfg.mean_span_length, **common)
+
+    def tokens_per_row(self, cfg: TrainConfig) -> int:
+        """Tokens a row of a batch computes on (encoder + decoder for encoder-decoders)."""
+        return cfg.seq_len + target_len(self, cfg)
+
+    def baseline(self, tokenizer: Tokenizer, data: Data) -> dict[str, Any]:
+        """What a model that ignores its input reaches, for config.json and the console: the
+        unigram loss of the predicted text, or the majority-class accuracy."""
+        if self.kind == "labels":
+            return {"majority_accuracy": data.majority_accuracy(),
+                    "label_names": data.label_names}
+        if self.kind == "pairs":
+            return {"unigram_loss": unigram_loss(tokenizer, [p.target for p in data.train],
+                                                 [p.target for p in data.eval])}
+        return {"unigram_loss": unigram_loss(tokenizer, data.train, data.eval)}
+
+
+def spread(items: list, n: int) -> list:
+    """n items spread evenly over `items` (all of them if n >= len(items)), in order."""
+    step = max(len(items) / max(n, 1), 1.0)
+    return [items[int(i * step)] for i in range(min(n, len(items)))]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def target_len(task: Task, cfg: TrainConfig) -> int:
+    """Decoder tokens per row: 0 outside the encoder-decoder family."""
+    if task.name == "seq2seq":
+        return cfg.target_len or cfg.seq_len
+    if task.name == "span":
+        needed = raw_length(cfg.seq_len, cfg.noise_density, cfg.mean_span_length)[1]
+        return max(cfg.target_len, needed)
+    return 0
+
+
+def num_labels(cfg: TrainConfig, data: ClassificationTask) -> int:
+    found = data.num_classes
+    if cfg.num_classes and cfg.num_classes < found:
+        raise UserError(f"--num_classes={cfg.num_classes} but {cfg.data} has {found} labels "
+                        f"({', '.join(data.label_names[:5])}, ...); raise it or leave it 0")
+    classes = cfg.num_classes or found
+    if classes < 2:
+        raise UserError(f"classify needs at least 2 classes, but {cfg.data} has only the label "
+                        f"{data.label_names[0]!r}; add examples of other labels")
+    return classes
+
+
+def _nsp_weight(cfg: TrainConfig) -> dict:
+    # Masked tokens in a full [CLS] A [SEP] B [SEP] row: NSP then weighs as much as MLM.
+    return {"nsp_weight": float(max(1, round(cfg.mask_rate * (cfg.seq_len - 3))))}
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("clm", "decoder", "text", objectives.clm, objectives.clm_stats),
+    Task("mlm", "encoder", "text", objectives.mlm, objectives.mlm_stats, BERT_SYMBOLS),
+    Task("mlm_nsp", "encoder", "text", objectives.mlm_nsp, objectives.mlm_nsp_stats,
+         BERT_SYMBOLS, _nsp_weight),
+    Task("classify", "encoder", "labels", objectives.classify, objectives.classify_stats,
+         BERT_SYMBOLS, lm_head=False),
+    Task("seq2seq", "encoder_decoder", "pairs", objectives.seq2seq, objectives.seq2seq_stats,
+         loss_options=lambda cfg: {"label_smoothing": cfg.label_smoothing}),
+    Task("span", "encoder_decoder", "text", objectives.seq2seq, objectives.seq2seq_stats,
+         SENTINELS, lambda cfg: {"label_smoothing": cfg.label_smoothing}),
+)}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown --objective={name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
 from benchmarks.train_throughput import device_info, versions
 from infer.engine import _generate, init_cache
@@ -22,7 +22,7 @@ from infer.roofline import component_work, device_peaks
 from infer.sampling import Sampling, sample
 from model import sharding
 from model.config import ModelConfig, get_preset
-from model.errors import UserError, exit_with
+from model.errors import UserError, run_command
 from model.transformer import build_model, init_inputs
 
 SIZE_FLAGS = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size")
@@ -260,21 +260,5 @@ def main(argv: list[str]) -> None:
         print(f"wrote {FLAGS.json}")
 
 
-def _parse(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        exit_with(UserError(f"{e}; see python -m infer.bench --help"))
-
-
-def _main(argv: list[str]) -> None:
-    try:
-        main(argv)
-    except UserError as e:
-        exit_with(e)
-
-
 if __name__ == "__main__":
-    define_flags()
-    logging.set_verbosity(logging.WARNING)
-    app.run(_main, argv=sys.argv, flags_parser=_parse)
+    run_command(main, define_flags, "infer.bench")

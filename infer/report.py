@@ -16,7 +16,7 @@ import sys
 
 import flax.linen as nn
 import jax
-from absl import app, flags, logging
+from absl import flags
 from tqdm import tqdm
 
 from benchmarks.train_throughput import device_info, versions
@@ -26,7 +26,7 @@ from infer.report_text import markdown
 from infer.roofline import Peaks, Work, component_work, device_peaks
 from infer.sampling import Sampling
 from model import sharding
-from model.errors import UserError, exit_with
+from model.errors import UserError, run_command
 
 FLAGS = flags.FLAGS
 
@@ -189,21 +189,5 @@ def _write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _parse(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        exit_with(UserError(f"{e}; see python -m infer.report --help"))
-
-
-def _main(argv: list[str]) -> None:
-    try:
-        main(argv)
-    except UserError as e:
-        exit_with(e)
-
-
 if __name__ == "__main__":
-    define_flags()
-    logging.set_verbosity(logging.WARNING)
-    app.run(_main, argv=sys.argv, flags_parser=_parse)
+    run_command(main, define_flags, "infer.report")

@@ -16,3 +16,25 @@ class UserError(Exception):
 def exit_with(error: UserError) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+def run_command(main, define_flags, command: str) -> None:
+    """The entry point of an absl command (`python -m {command}`): defines its flags, quiets
+    jax's INFO logging, and turns a flag-parsing error or a UserError into one line, exit 2."""
+    from absl import app, flags, logging
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            exit_with(UserError(f"{e}; see python -m {command} --help"))
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except UserError as e:
+            exit_with(e)
+
+    define_flags()
+    logging.set_verbosity(logging.WARNING)
+    app.run(guarded, argv=sys.argv, flags_parser=parse)

@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12.8",
     "grain>=0.2.18",
     "sentencepiece>=0.2.0",
+    "tokenizers>=0.19",  # the tokenizer.json of models imported from Hugging Face
     "absl-py>=2.1",
     "chex>=0.1.90",
     "tensorboardX>=2.6",

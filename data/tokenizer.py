@@ -1,4 +1,5 @@
-"""Train and load the SentencePiece BPE tokenizer (byte fallback, exact round trip of code).
+"""Train and load the SentencePiece BPE tokenizer (byte fallback, exact round trip of code), and
+find the tokenizer of a model directory: ours, or a Hugging Face tokenizer.json of an import.
 
 CLI: `python -m data.tokenizer --data=stdlib --vocab_size=4096 --out=PATH`.
 """
@@ -11,6 +12,7 @@ import numpy as np
 import sentencepiece as spm
 
 from data.corpus import sample
+from data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
 from model.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -21,6 +23,9 @@ BERT_SYMBOLS = ("[MASK]", "[CLS]", "[SEP]")
 MIN_VOCAB_SIZE = 300
 # Enough text for stable BPE merges at small vocab sizes while keeping training to seconds.
 MAX_TRAIN_CHARS = 4_000_000
+# The tokenizer files a workdir or converted model may hold, in order of preference: ours (what
+# training writes) first, so every existing workdir loads as before; then an import's.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
 class Tokenizer:
@@ -46,6 +51,11 @@ class Tokenizer:
         """The id of the vocabulary piece `piece` (e.g. "[MASK]"), or None if it has none."""
         piece_id = self._sp.piece_to_id(piece)
         return piece_id if self._sp.id_to_piece(piece_id) == piece else None
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Name in a model directory -> path: what a workdir must hold to load this again."""
+        return {"tokenizer.model": self.path}
 
     def __repr__(self) -> str:
         return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
@@ -112,8 +122,11 @@ def train_tokenizer(
     return load_tokenizer(model_path)
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-    """Loads a SentencePiece model file written by `train_tokenizer`."""
+def load_tokenizer(path: str) -> Tokenizer | HFTokenizer:
+    """Loads a SentencePiece model file written by `train_tokenizer`, or a Hugging Face
+    tokenizer.json (any path ending in .json)."""
+    if path.endswith(".json"):
+        return load_hf_tokenizer(path)
     try:
         with open(path, "rb") as f:
             proto = f.read()
@@ -131,6 +144,16 @@ def load_tokenizer(path: str) -> Tokenizer:
             f"tokenizer {path!r} lacks pad id {PAD_ID} or an EOS id; retrain with data.tokenizer."
         )
     return Tokenizer(processor, path)
+
+
+def find_tokenizer(directory: str) -> Tokenizer | HFTokenizer | None:
+    """The tokenizer of a workdir or converted model (the first of TOKENIZER_FILES it holds), or
+    None if it holds neither."""
+    for name in TOKENIZER_FILES:
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            return load_tokenizer(path)
+    return None
 
 
 def _bytes_per_token(tokenizer: Tokenizer, texts: Sequence[str]) -> float:

@@ -125,8 +125,9 @@ def main(argv: list[str]) -> None:
         loaded = load(FLAGS.checkpoint, FLAGS.mesh)
         tok = loaded.tokenizer
         if tok is None:
-            raise UserError(f"{FLAGS.checkpoint} has no tokenizer; text generation needs one "
-                            f"(infer.score works on token ids)")
+            raise UserError(f"{FLAGS.checkpoint} has no tokenizer (tokenizer.model or "
+                            f"tokenizer.json); text generation needs one — score token ids with "
+                            f"python -m infer.score instead")
         seq2seq = family == "encoder_decoder"
         # Beam search knows its best hypothesis only at the end: nothing to stream.
         stream = _Stream(tok) if len(prompts) == 1 and FLAGS.num_beams == 1 else None

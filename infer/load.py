@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh
 
-from data.tokenizer import Tokenizer, load_tokenizer
+from data.hf_tokenizer import HFTokenizer
+from data.tokenizer import Tokenizer, find_tokenizer
 from model import sharding
 from model.config import ModelConfig
 from model.errors import UserError
@@ -23,7 +24,7 @@ class Loaded:
     model: nn.Module
     params: dict  # {"params": ...} ready for model.apply
     mesh: Mesh
-    tokenizer: Tokenizer | None  # None when the directory has no tokenizer files
+    tokenizer: Tokenizer | HFTokenizer | None  # None when the directory has no tokenizer files
 
 
 def read_config(path: str) -> ModelConfig:
@@ -50,6 +51,4 @@ def load(path: str, mesh_spec: str = "") -> Loaded:
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             sharding.unbox(boxed["params"]), shardings)
     params = restore_params(path, abstract)
-    tokenizer_path = os.path.join(path, "tokenizer.model")
-    tokenizer = load_tokenizer(tokenizer_path) if os.path.exists(tokenizer_path) else None
-    return Loaded(config, model, {"params": params}, mesh, tokenizer)
+    return Loaded(config, model, {"params": params}, mesh, find_tokenizer(path))

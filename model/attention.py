@@ -113,10 +113,11 @@ def read_cache(cache: dict[str, Array], name: str) -> Array:
     return jax.lax.dynamic_index_in_dim(cache[name], cache["layer"], keepdims=False)
 
 
-def cached_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None) -> Array:
+def cached_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None,
+                     scale: float | None = None) -> Array:
     """q: [batch, q_len, heads, head_dim] over cached k, v: [batch, kv_heads, kv_len, head_dim];
-    mask: bool[batch, q_len, kv_len]; bias: [batch | 1, heads, q_len, kv_len] or None.
-    Returns [batch, q_len, heads, head_dim].
+    mask: bool[batch, q_len, kv_len]; bias: [batch | 1, heads, q_len, kv_len] or None; scale:
+    of the logits (default head_dim**-0.5). Returns [batch, q_len, heads, head_dim].
 
     Two einsums in the cache's own layout. A decode step's cost is reading the cache once;
     handing it to jax.nn.dot_product_attention, whose operands are [batch, length, heads,
@@ -125,7 +126,8 @@ def cached_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | No
     b, length, heads, hd = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads  # query head n uses kv head n // group, as dot_product_attention
-    q = q.reshape(b, length, kv_heads, group, hd) * jnp.asarray(hd ** -0.5, q.dtype)
+    scale = hd ** -0.5 if scale is None else scale
+    q = q.reshape(b, length, kv_heads, group, hd) * jnp.asarray(scale, q.dtype)
     scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         scores += bias.reshape(bias.shape[0], kv_heads, group, *bias.shape[2:]).astype(jnp.float32)
@@ -158,13 +160,19 @@ class Attention(nn.Module):
             y = y + bias.astype(y.dtype)
         return constrain(y, "batch", length_axis, heads_axis, "head_dim")
 
+    @property
+    def scale(self) -> float:
+        """Of the attention logits: head_dim**-0.5, or 1 where the checkpoint folded it into
+        the query weights (T5)."""
+        return self.config.resolved_head_dim ** -0.5 if self.config.scale_attention else 1.0
+
     def _attend(self, q: Array, k: Array, v: Array, mask: Array, bias: Array | None) -> Array:
         """Softmax attention of q over (k, v), then the output projection back to embed."""
         cfg = self.config
         if bias is not None:
             bias = bias.astype(q.dtype)
         # GQA needs no repeat: dot_product_attention groups query heads over the kv heads.
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=self.scale,
                                            implementation=_IMPLEMENTATION[cfg.attention])
         return self._output(out)
 
@@ -206,7 +214,7 @@ class Attention(nn.Module):
         mask = (segment_ids[:, :, None] == kv_segments[:, None, :]) & (
             jnp.arange(kv_segments.shape[1])[None, None, :] <= q_slots[None, :, None])
         out = cached_attention(q, read_cache(cache, "k").astype(q.dtype),
-                               read_cache(cache, "v").astype(q.dtype), mask, bias)
+                               read_cache(cache, "v").astype(q.dtype), mask, bias, self.scale)
         return self._output(out), cache
 
 
@@ -234,5 +242,5 @@ class CrossAttention(Attention):
             return self._attend(q, k, v, mask, None), {"k": k.swapaxes(1, 2),
                                                        "v": v.swapaxes(1, 2)}
         out = cached_attention(q, kv["k"].astype(q.dtype), kv["v"].astype(q.dtype), mask[:, 0],
-                               None)
+                               None, self.scale)
         return self._output(out), kv

@@ -10,7 +10,9 @@ from model.errors import UserError
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder")
 NORMS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "swiglu", "geglu", "relu")  # swiglu/geglu: gated (Llama / T5 v1.1)
+# gelu: tanh approximation (GPT-2, T5 v1.1); gelu_exact: erf (BERT); swiglu/geglu: gated (Llama /
+# T5 v1.1).
+ACTIVATIONS = ("gelu", "gelu_exact", "swiglu", "geglu", "relu")
 GATED = ("swiglu", "geglu")
 POSITIONS = ("learned", "rope", "sinusoidal", "relative")  # relative: T5's bucketed bias
 ATTENTION_BACKENDS = ("xla", "cudnn", "auto")
@@ -51,6 +53,13 @@ class ModelConfig:
     type_vocab_size: int = 0  # encoder: token-type (segment A/B) embeddings; 0 = none
     pooler: bool = False  # encoder: dense + tanh over the first token (BERT's [CLS])
     num_labels: int = 0  # encoder: a classification head on the pooled token; 0 = none
+    mlm_head: bool = True  # encoder: the masked-LM head (HF's BertForSequenceClassification has none)
+    # Attention logits times head_dim**-0.5. T5 instead folds that scale into its query init,
+    # so its checkpoints need False.
+    scale_attention: bool = True
+    # Final hidden states times d_model**-0.5 before the output projection (T5 v1.0, whose
+    # embedding table is shared between input and output).
+    scale_output: bool = False
 
     @property
     def resolved_head_dim(self) -> int:
@@ -112,6 +121,8 @@ class ModelConfig:
                             "use rope or learned for a decoder")
         if self.num_decoder_layers and self.family != "encoder_decoder":
             raise UserError("--num_decoder_layers is only for the encoder_decoder family")
+        if not self.mlm_head and self.family != "encoder":
+            raise UserError("--mlm_head=false is only for the encoder family (BERT)")
         for name in ("type_vocab_size", "pooler", "num_labels"):
             if getattr(self, name) and self.family != "encoder":
                 raise UserError(f"--{name} is only for the encoder family (BERT)")
@@ -147,7 +158,9 @@ class ModelConfig:
             total += self.decoder_layers * (block + attn + norm) + stack  # + cross-attention
         if self.family == "encoder":
             dense = d * d + (d if bias else 0)
-            total += dense * self.pooler + dense + norm + (self.vocab_size if bias else 0)  # MLM
+            total += dense * self.pooler
+            if self.mlm_head:
+                total += dense + norm + (self.vocab_size if bias else 0)
             total += self.num_labels * (d + (1 if bias else 0))
         if include_embeddings:
             total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
@@ -165,10 +178,11 @@ _BERT = {"family": "encoder", "norm": "layernorm", "activation": "gelu", "positi
          "use_bias": True, "tie_embeddings": True, "norm_eps": 1e-12, "vocab_size": 30522,
          "max_len": 512, "post_norm": True, "embed_norm": True, "type_vocab_size": 2,
          "pooler": True, "num_labels": 2}  # 2 labels: the next-sentence head of pretraining
-# T5 v1.1: gated GELU, RMSNorm without bias, relative bias, untied output, no biases anywhere.
+# T5 v1.1: gated GELU, RMSNorm without bias, relative bias, untied output, no biases anywhere,
+# attention logits not scaled by head_dim**-0.5 (as in T5 checkpoints, so they convert exactly).
 _T5 = {"family": "encoder_decoder", "norm": "rmsnorm", "activation": "geglu",
        "positions": "relative", "use_bias": False, "tie_embeddings": False, "norm_eps": 1e-6,
-       "vocab_size": 32128, "max_len": 512}
+       "vocab_size": 32128, "max_len": 512, "scale_attention": False}
 # Vaswani et al. 2017: post-LN, ReLU, sinusoidal positions, one embedding shared by encoder,
 # decoder and output (scaled by sqrt(d_model) on input).
 _VASWANI = {"family": "encoder_decoder", "norm": "layernorm", "activation": "relu",

@@ -12,7 +12,17 @@ import jax.numpy as jnp
 from model.attention import RelativeBias
 from model.blocks import BLOCK_IN_AXES, Block, stack_layers
 from model.config import ModelConfig
-from model.layers import Dense, Embed, Norm, constrain, dtype_of, embed_inputs, lm_head, to_logits
+from model.layers import (
+    Dense,
+    Embed,
+    Norm,
+    activation,
+    constrain,
+    dtype_of,
+    embed_inputs,
+    lm_head,
+    to_logits,
+)
 
 Array = jax.Array
 
@@ -61,7 +71,7 @@ class Encoder(nn.Module):
 
     - "hidden": [batch, length, embed], the last layer's states;
     - "logits": float32 [batch, length, vocab], the MLM head (dense + GELU + norm, then the tied
-      token table or `lm_head`, plus a per-token bias) at every position;
+      token table or `lm_head`, plus a per-token bias) at every position, with `mlm_head`;
     - "pooled": [batch, embed], tanh(dense(first token)), with `pooler`;
     - "class_logits": float32 [batch, num_labels], a dense layer over the pooled first token
       (its raw state without `pooler`), with `num_labels` (2 gives BERT's NSP head).
@@ -83,15 +93,8 @@ class Encoder(nn.Module):
         x = EncoderStack(cfg, embed, name="encoder")(tokens, positions, segment_ids, token_types)
         out = {"hidden": x}
 
-        h = nn.gelu(Dense(cfg.d_model, ("embed", "mlm"), cfg, name="mlm_dense")(x),
-                    approximate=True)
-        logits = to_logits(embed, Norm(cfg, name="mlm_norm")(h), lm_head(self, cfg))
-        if cfg.use_bias:
-            bias = self.param("mlm_bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                       ("vocab",)),
-                              (cfg.vocab_size,), dtype_of(cfg.param_dtype))
-            logits = logits + bias.astype(jnp.float32)
-        out["logits"] = logits
+        if cfg.mlm_head:
+            out["logits"] = self._mlm_logits(cfg, embed, x)
 
         first = x[:, 0]  # BERT's [CLS]
         if cfg.pooler:
@@ -101,3 +104,13 @@ class Encoder(nn.Module):
             labels = Dense(cfg.num_labels, ("embed", "labels"), cfg, name="classifier")(first)
             out["class_logits"] = labels.astype(jnp.float32)
         return out
+
+    def _mlm_logits(self, cfg: ModelConfig, embed: Embed, x: Array) -> Array:
+        h = activation(cfg)(Dense(cfg.d_model, ("embed", "mlm"), cfg, name="mlm_dense")(x))
+        logits = to_logits(embed, Norm(cfg, name="mlm_norm")(h), lm_head(self, cfg))
+        if cfg.use_bias:
+            bias = self.param("mlm_bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                       ("vocab",)),
+                              (cfg.vocab_size,), dtype_of(cfg.param_dtype))
+            logits = logits + bias.astype(jnp.float32)
+        return logits

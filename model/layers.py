@@ -139,6 +139,8 @@ def lm_head(module: nn.Module, cfg: ModelConfig) -> Array | None:
 def to_logits(embed: Embed, x: Array, head: Array | None) -> Array:
     """x: [batch, length, embed] -> float32 logits [batch, length, vocab], through the tied
     embedding table or the untied `head` from `lm_head`."""
+    if embed.config.scale_output:
+        x = x * jnp.asarray(embed.config.d_model ** -0.5, x.dtype)
     if head is None:
         logits = embed.attend(x)
     else:
@@ -167,8 +169,16 @@ class Dense(nn.Module):
         return y
 
 
+def activation(cfg: ModelConfig):
+    """The nonlinearity of the MLP (for a gated MLP, the one applied to the gate); BERT's MLM
+    head uses it too."""
+    return {"gelu": partial(nn.gelu, approximate=True), "geglu": partial(nn.gelu, approximate=True),
+            "gelu_exact": partial(nn.gelu, approximate=False), "swiglu": nn.silu,
+            "relu": nn.relu}[cfg.activation]
+
+
 class Mlp(nn.Module):
-    """GELU (GPT-2, BERT), ReLU (Vaswani), SwiGLU (Llama) or GeGLU (T5 v1.1) MLP:
+    """GELU (GPT-2, BERT), ReLU (Vaswani, T5 v1.0), SwiGLU (Llama) or GeGLU (T5 v1.1) MLP:
     embed -> mlp -> embed. Gated variants multiply the activated `wg` by `wi`."""
 
     config: ModelConfig
@@ -179,11 +189,8 @@ class Mlp(nn.Module):
         up = Dense(cfg.mlp_dim, ("embed", "mlp"), cfg, name="wi")(x)
         if cfg.activation in GATED:
             gate = Dense(cfg.mlp_dim, ("embed", "mlp"), cfg, name="wg")(x)
-            act = nn.silu if cfg.activation == "swiglu" else partial(nn.gelu, approximate=True)
-            h = act(gate) * up
-        elif cfg.activation == "relu":
-            h = nn.relu(up)
+            h = activation(cfg)(gate) * up
         else:
-            h = nn.gelu(up, approximate=True)
+            h = activation(cfg)(up)
         h = constrain(h, "batch", "length", "mlp")
         return Dense(cfg.d_model, ("mlp", "embed"), cfg, name="wo")(h)

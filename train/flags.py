@@ -20,7 +20,8 @@ class TrainConfig:
     preset: str = _f("tiny", "Model preset: decoders tiny, tiny_gpt, tiny_llama, gpt2_124m, "
                              "gpt2_350m, llama_1b, llama_7b; encoders tiny_bert, bert_base, "
                              "bert_large; encoder-decoders tiny_t5, t5_small, t5_base, "
-                             "tiny_transformer, transformer_base. The size flags below override it.")
+                             "tiny_transformer, transformer_base. The size flags below override it. "
+                             "Ignored with --init_from, whose model is used as it is.")
     num_layers: int | None = _f(None, "Transformer layers (default: the preset's).")
     d_model: int | None = _f(None, "Model width (default: the preset's).")
     num_heads: int | None = _f(None, "Query heads (default: the preset's).")
@@ -48,9 +49,10 @@ class TrainConfig:
                                "(BERT pretraining, encoder), classify (fine-tune an encoder; "
                                "needs --init_from), seq2seq (source -> target, encoder_decoder), "
                                "span (T5 span corruption, encoder_decoder).")
-    init_from: str = _f("", "Workdir or converted model to take initial params from (the "
-                            "optimizer starts fresh); its tokenizer is used unless --tokenizer "
-                            "is set. Params the checkpoint lacks (a new class head) start fresh.")
+    init_from: str = _f("", "Workdir or converted model (python -m model.convert) to start "
+                            "from: its model config and params (the optimizer starts fresh); its "
+                            "tokenizer is used unless --tokenizer is set. Params the checkpoint "
+                            "lacks (a new class head) start fresh.")
     # Data.
     data: str = _f("stdlib", "Training data: 'stdlib' (this Python's standard library: source "
                              "text; for seq2seq function code -> docstring; for classify which "
@@ -72,8 +74,8 @@ class TrainConfig:
                                      "[0, 1) (0.1 in Vaswani et al.); eval loss is unsmoothed.")
     bleu_examples: int = _f(64, "seq2seq: held-out examples greedily decoded for the eval BLEU "
                                 "(sacrebleu, against the untruncated references); 0 disables.")
-    tokenizer: str = _f("", "SentencePiece model to use; empty trains one on the data into "
-                            "WORKDIR/tokenizer.model.")
+    tokenizer: str = _f("", "SentencePiece .model or Hugging Face tokenizer.json to use; empty "
+                            "trains one on the data into WORKDIR/tokenizer.model.")
     # Optimizer.
     optimizer: str = _f("adamw", "adamw | adafactor | sgd.")
     learning_rate: float = _f(3e-4, "Peak learning rate.")

@@ -13,7 +13,8 @@ import jax
 from absl import logging
 from jax.sharding import Mesh
 
-from data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from data.hf_tokenizer import HFTokenizer
+from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError
@@ -37,7 +38,7 @@ class Run:
     model: ModelConfig
     mesh: Mesh
     data: Data  # the corpus or the examples, split into train and eval
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | HFTokenizer
     workdir: str
     previous: dict | None  # config.json of an earlier run in this workdir
     train_data: grain.IterDataset  # this host's batches; endless, checkpointable
@@ -49,12 +50,16 @@ class Run:
         return target_len(self.task, self.cfg)
 
     def commit(self, extra: dict) -> None:
-        """Creates the workdir and writes tokenizer.model, config.json and flags.txt."""
+        """Creates the workdir and writes the tokenizer's files (tokenizer.model, or an import's
+        tokenizer.json and the special-token files beside it), config.json and flags.txt."""
         os.makedirs(self.workdir, exist_ok=True)
-        target = os.path.join(self.workdir, "tokenizer.model")
+        files = self.tokenizer.files  # its first file is the tokenizer's own path
+        target = os.path.join(self.workdir, next(iter(files)))
         if os.path.abspath(self.tokenizer.path) != os.path.abspath(target):
-            with open(self.tokenizer.path, "rb") as src:
-                _atomic_write(target, src.read())
+            # Under the standard names, so that find_tokenizer finds them when the run resumes.
+            for name, source in files.items():
+                with open(source, "rb") as src:
+                    _atomic_write(os.path.join(self.workdir, name), src.read())
             if os.path.basename(os.path.dirname(self.tokenizer.path)).startswith(_TMP_PREFIX):
                 shutil.rmtree(os.path.dirname(self.tokenizer.path), ignore_errors=True)
             self.tokenizer.path = target
@@ -136,6 +141,14 @@ def _read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
     return pretrained
 
 
+def _pretrained_model(cfg: TrainConfig, pretrained: dict) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(pretrained["model"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--init_from={cfg.init_from}: its config.json describes no valid model "
+                        f"({e})") from None
+
+
 def _check_same_model(model: ModelConfig, pretrained: dict, cfg: TrainConfig) -> None:
     theirs = pretrained["model"]
     changed = sorted(k for k, v in model.to_dict().items()
@@ -148,24 +161,24 @@ def _check_same_model(model: ModelConfig, pretrained: dict, cfg: TrainConfig) ->
 
 
 def _tokenizer(cfg: TrainConfig, workdir: str, task: Task, data: Data,
-               vocab_size: int) -> Tokenizer:
-    """The workdir's tokenizer if resuming, else --tokenizer, else the --init_from run's, else
-    one trained on the data (into a temp dir: it reaches the workdir only when the whole run has
-    been validated) with the pieces the task needs."""
-    own = os.path.join(workdir, "tokenizer.model")
-    pretrained = os.path.join(cfg.init_from, "tokenizer.model") if cfg.init_from else ""
-    if os.path.exists(own):
-        tokenizer = load_tokenizer(own)
-    elif cfg.tokenizer:
+               vocab_size: int) -> Tokenizer | HFTokenizer:
+    """The workdir's tokenizer if resuming, else --tokenizer, else the --init_from run's (or
+    imported model's), else one trained on the data (into a temp dir: it reaches the workdir only
+    when the whole run has been validated) with the pieces the task needs."""
+    tokenizer = find_tokenizer(workdir)
+    if tokenizer is None and cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
-    elif pretrained and os.path.exists(pretrained):
-        tokenizer = load_tokenizer(pretrained)
-    else:
+    if tokenizer is None and cfg.init_from:
+        tokenizer = find_tokenizer(cfg.init_from)
+    if tokenizer is None:
         logging.info("training a %d-piece tokenizer on %s", vocab_size, cfg.data)
         tokenizer = train_tokenizer(
             task.tokenizer_texts(data), vocab_size,
             os.path.join(tempfile.mkdtemp(prefix=_TMP_PREFIX), "tokenizer.model"),
             extra_symbols=task.extra_symbols)
+    if tokenizer.eos_id < 0:  # only an imported tokenizer can lack one; documents end with it
+        raise UserError(f"tokenizer {tokenizer.path!r} has no end-of-sequence token; name one as "
+                        f"eos_token in the tokenizer_config.json beside it")
     task.check_tokenizer(tokenizer)
     return tokenizer
 
@@ -178,9 +191,12 @@ def prepare(cfg: TrainConfig) -> Run:
     task = get_task(cfg.objective)
     make_optimizer(cfg)  # refuses unknown optimizers and schedules
     overrides = {name: getattr(cfg, name) for name in MODEL_OVERRIDES}
-    model_cfg = get_preset(cfg.preset).replace(**overrides)
-    task.check_family(model_cfg.family, f"--preset={cfg.preset}")
     pretrained = _read_pretrained(cfg, task)
+    # Fine-tuning starts from the pretrained model as it is (an imported one matches no preset);
+    # size flags may restate it, and _check_same_model refuses them if they change its shapes.
+    base = _pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
+    model_cfg = base.replace(**overrides)
+    task.check_family(model_cfg.family, f"--preset={cfg.preset}")
     mesh = sharding.make_mesh(cfg.mesh)
     _check_batch(cfg, mesh)
     workdir = os.path.abspath(cfg.workdir)
@@ -192,11 +208,12 @@ def prepare(cfg: TrainConfig) -> Run:
                         previous["corpus"].get("source"), previous["corpus"].get("python"),
                         data.fingerprint["python"])
     tokenizer = _tokenizer(cfg, workdir, task, data, model_cfg.vocab_size)
-    if cfg.vocab_size is None:
+    if cfg.vocab_size is None and not pretrained:
         model_cfg = model_cfg.replace(vocab_size=tokenizer.vocab_size)
-    elif cfg.vocab_size < tokenizer.vocab_size:
-        raise UserError(f"--vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
-                        f"{tokenizer.vocab_size} pieces ({tokenizer.path}); raise it or drop it")
+    elif model_cfg.vocab_size < tokenizer.vocab_size:
+        raise UserError(f"the model's vocab_size={model_cfg.vocab_size} is smaller than the "
+                        f"tokenizer's {tokenizer.vocab_size} pieces ({tokenizer.path}); use the "
+                        f"model's own tokenizer or a larger --vocab_size")
     model_cfg = task.resolve_model(model_cfg, cfg, data)
     if pretrained:
         _check_same_model(model_cfg, pretrained, cfg)

@@ -1,0 +1,230 @@
+"""`python -m model.convert`: Hugging Face checkpoints in and out.
+
+    python -m model.convert --from_hf=HF_DIR --out=PATH         # GPT-2, Llama, BERT, T5 -> ours
+    python -m model.convert --to_hf=OUT_DIR --checkpoint=PATH   # a workdir or converted model
+
+Import writes a directory of the workdir's shape (config.json, one orbax checkpoint, the
+tokenizer files), which every `--checkpoint=PATH` and `--init_from=PATH` accepts. Export writes
+config.json + safetensors that `transformers` loads with `from_pretrained`. Both stream tensor by
+tensor (never two full copies of the model), read only safetensors, and write into a temporary
+directory renamed into place at the end: a refused or failed conversion leaves nothing behind.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import flags
+from flax import traverse_util
+
+from model import sharding
+from model.config import ModelConfig
+from model.errors import UserError, run_command
+from model.hf import architectures, files
+from model.hf.fields import token_ids
+from model.hf.rules import export_tensors, import_params
+from model.transformer import build_model, init_inputs
+
+FLAGS = flags.FLAGS
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{"layers/mlp/wi/kernel": shape, ...} of the model `cfg` describes, without allocating."""
+    boxed = jax.eval_shape(build_model(cfg).init, jax.random.key(0), *init_inputs(cfg))
+    flat = traverse_util.flatten_dict(sharding.unbox(boxed["params"]), sep="/")
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+def _fresh_dir(out: str, overwrite: bool) -> str:
+    """A temp dir beside `out` to write into; refuses an existing non-empty `out`."""
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out={out} is a file; name a directory to create")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise UserError(f"--out={out} exists and is not empty; choose a new directory or pass "
+                        f"--overwrite")
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(prefix=".convert-", dir=parent)
+    except OSError as e:
+        raise UserError(f"cannot write beside --out={out} ({e.strerror})") from None
+
+
+def _move_into_place(tmp: str, out: str) -> None:
+    out = os.path.abspath(out)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _copy_tokenizer(src: str, dst: str, aliases: tuple[str, ...] = ()) -> list[str]:
+    """Copies the tokenizer files present in `src`; `aliases` (T5's spiece.model) become
+    tokenizer.model. Returns the names written."""
+    copied = []
+    for name in files.TOKENIZER_FILES + aliases:
+        path = os.path.join(src, name)
+        target = "tokenizer.model" if name in aliases else name
+        if os.path.isfile(path) and target not in copied:
+            shutil.copyfile(path, os.path.join(dst, target))
+            copied.append(target)
+    return copied
+
+
+def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
+    """HF model directory -> our model directory at `out`. Returns a summary for printing."""
+    hf = files.read_config(hf_dir)
+    module, architecture = architectures.for_hf(hf, hf_dir)
+    cfg = module.config_from_hf(hf, architecture, hf_dir)
+    rules = module.rules(cfg, architecture)
+    with files.Reader(hf_dir) as reader:
+        consumed: set[str] = set()
+
+        def read(name: str):
+            for candidate in (name, name.removeprefix(module.BASE_PREFIX)):
+                tensor = reader.get(candidate)
+                if tensor is not None:
+                    consumed.add(candidate)
+                    return tensor
+            return None
+
+        first = read(rules[0].names()[0])
+        dtype = _DTYPES.get(str(first.dtype) if first is not None else "", "float32")
+        cfg = cfg.replace(param_dtype=dtype)
+        tmp = _fresh_dir(out, overwrite)
+        try:
+            params = import_params(rules, param_shapes(cfg), np.dtype(jax.numpy.dtype(dtype)),
+                                   read, hf_dir)
+            ignored = sorted(n for n in reader.names() - consumed
+                             if not any(re.fullmatch(p, n) for p in module.IGNORED))
+            _write_model_dir(tmp, cfg, params, {"architecture": architecture,
+                                                "source": os.path.abspath(hf_dir),
+                                                **token_ids(hf)})
+            tokenizer = _copy_tokenizer(hf_dir, tmp, files.SENTENCEPIECE_ALIASES)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    _move_into_place(tmp, out)
+    return {"architecture": architecture, "params": sum(p.size for p in params.values()),
+            "dtype": dtype, "tokenizer": tokenizer, "unused_tensors": ignored}
+
+
+def _write_model_dir(path: str, cfg: ModelConfig, params: dict[str, np.ndarray],
+                     hf: dict) -> None:
+    """config.json + checkpoints/0 with the params (the state item `restore_params` reads)."""
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": cfg.to_dict(), "hf": hf}, f, indent=2)
+    nested = traverse_util.unflatten_dict(params, sep="/")
+    manager = ocp.CheckpointManager(os.path.join(path, "checkpoints"), item_names=("state",),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": nested})))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _read_ours(checkpoint: str) -> tuple[ModelConfig, dict]:
+    path = os.path.join(checkpoint, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        return ModelConfig.from_dict(recorded["model"]), recorded
+    except FileNotFoundError:
+        raise UserError(f"--checkpoint={checkpoint} has no config.json; point it at a training "
+                        f"workdir or a converted model") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is unreadable ({e}); restore it or retrain") from None
+
+
+def _restore(checkpoint: str, cfg: ModelConfig) -> dict:
+    """The latest checkpoint's params, flat, on one device (no copy per device of a mesh)."""
+    # train/ sits above model/ in the import graph; only this command needs it.
+    from train.checkpoint import restore_params
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    dtype = jax.numpy.dtype(cfg.param_dtype)
+    abstract = {path: jax.ShapeDtypeStruct(shape, dtype, sharding=device)
+                for path, shape in param_shapes(cfg).items()}
+    params = restore_params(checkpoint, traverse_util.unflatten_dict(abstract, sep="/"))
+    return traverse_util.flatten_dict(params, sep="/")
+
+
+def export_hf(checkpoint: str, out: str, architecture: str = "",
+              max_shard_bytes: int = 5 << 30, overwrite: bool = False) -> dict:
+    """Our workdir or converted model -> a HF model directory at `out`."""
+    cfg, recorded = _read_ours(checkpoint)
+    hf_meta = recorded.get("hf", {})
+    objective = recorded.get("train", {}).get("objective")
+    module, architecture = architectures.for_ours(
+        cfg, architecture or hf_meta.get("architecture", ""), objective)
+    os.rmdir(_fresh_dir(out, overwrite))  # refuse a bad --to_hf before the slow restore
+    params = _restore(checkpoint, cfg)
+    rules = module.rules(cfg, architecture)
+    tmp = _fresh_dir(out, overwrite)
+    try:
+        hf_config = {**module.config_to_hf(cfg, architecture), **token_ids(hf_meta),
+                     "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype}
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2)
+        written = files.write_safetensors(tmp, export_tensors(rules, params), max_shard_bytes)
+        tokenizer = _copy_tokenizer(checkpoint, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _move_into_place(tmp, out)
+    exported = {p for r in rules for p in r.ours}
+    return {"architecture": architecture, "files": written, "tokenizer": tokenizer,
+            "not_exported": sorted(set(params) - exported)}
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("from_hf", None, "Hugging Face model directory to import (config.json + "
+                                         "*.safetensors); needs --out.")
+    flags.DEFINE_string("out", None, "Directory to create for the imported model.")
+    flags.DEFINE_string("to_hf", None, "Hugging Face model directory to create; needs "
+                                       "--checkpoint.")
+    flags.DEFINE_string("checkpoint", None, "Training workdir or converted model to export.")
+    flags.DEFINE_string("architecture", "", f"HF class to export as, one of "
+                        f"{', '.join(architectures.SUPPORTED)} (default: the one the model was "
+                        f"imported from, else implied by its family and objective).")
+    flags.DEFINE_integer("max_shard_mb", 5000, "Largest safetensors file written on export; "
+                                               "bigger models are sharded with an index.")
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty output directory.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; see python -m model.convert --help")
+    if bool(FLAGS.from_hf) == bool(FLAGS.to_hf):
+        raise UserError("pass exactly one of --from_hf=HF_DIR (with --out) or --to_hf=OUT_DIR "
+                        "(with --checkpoint)")
+    if FLAGS.from_hf:
+        if not FLAGS.out:
+            raise UserError("--from_hf needs --out=PATH, the directory to create")
+        summary = import_hf(FLAGS.from_hf, FLAGS.out, FLAGS.overwrite)
+        print(f"imported {summary['architecture']} ({summary['params']:,} params, "
+              f"{summary['dtype']}) into {FLAGS.out}; tokenizer: "
+              f"{', '.join(summary['tokenizer']) or 'none (token-id commands only)'}")
+        if summary["unused_tensors"]:
+            print(f"note: {len(summary['unused_tensors'])} tensors have no place in this "
+                  f"architecture and were skipped: {', '.join(summary['unused_tensors'][:5])}")
+        return
+    if not FLAGS.checkpoint:
+        raise UserError("--to_hf needs --checkpoint=PATH, the workdir or model to export")
+    if FLAGS.max_shard_mb <= 0:
+        raise UserError(f"--max_shard_mb must be positive, got {FLAGS.max_shard_mb}")
+    summary = export_hf(FLAGS.checkpoint, FLAGS.to_hf, FLAGS.architecture,
+                        FLAGS.max_shard_mb << 20, FLAGS.overwrite)
+    print(f"exported {summary['architecture']} to {FLAGS.to_hf}: {', '.join(summary['files'])}")
+    if summary["not_exported"]:
+        print(f"note: {summary['architecture']} has no place for "
+              f"{', '.join(summary['not_exported'])}; they were left out")
+
+
+if __name__ == "__main__":
+    run_command(main, define_flags, "model.convert")

@@ -1,0 +1,126 @@
+"""Reading and writing a Hugging Face model directory: `config.json` and safetensors, one file or
+sharded with `model.safetensors.index.json`. Pickle checkpoints (`pytorch_model.bin`) are refused,
+never opened: unpickling a file runs whatever code it carries."""
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from model.errors import UserError
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+# Files a tokenizer may consist of; copied as they are both ways (spiece.model is T5's name for
+# its SentencePiece model: ours is tokenizer.model).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model")
+SENTENCEPIECE_ALIASES = ("spiece.model", "sentencepiece.bpe.model")
+
+
+def read_config(hf_dir: str) -> dict:
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isdir(hf_dir):
+        raise UserError(f"--from_hf={hf_dir} is not a directory; point it at a Hugging Face "
+                        f"model directory (config.json + *.safetensors)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{hf_dir} has no config.json; a Hugging Face model directory has "
+                        f"config.json beside its *.safetensors") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is unreadable ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return config
+
+
+class Reader(contextlib.AbstractContextManager):
+    """Tensors of a model directory by name, read one at a time (memory-mapped by safetensors),
+    as numpy arrays in their stored dtype (bfloat16 via ml_dtypes)."""
+
+    def __init__(self, hf_dir: str):
+        self.hf_dir = hf_dir
+        index = os.path.join(hf_dir, INDEX)
+        if os.path.isfile(index):
+            try:
+                with open(index, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{index} is unreadable ({e})") from None
+        elif os.path.isfile(os.path.join(hf_dir, SINGLE)):
+            weight_map = None
+        else:
+            pickles = [p for p in PICKLES if os.path.exists(os.path.join(hf_dir, p))]
+            if pickles:
+                raise UserError(f"{hf_dir} holds only {pickles[0]}, a pickle checkpoint, which "
+                                f"meshlm never loads (unpickling runs code); re-save it with "
+                                f"transformers' save_pretrained(..., safe_serialization=True)")
+            raise UserError(f"{hf_dir} has no {SINGLE} or {INDEX}")
+        files = sorted(set(weight_map.values())) if weight_map else [SINGLE]
+        self._handles = {}
+        for name in files:
+            path = os.path.join(hf_dir, name)
+            try:
+                self._handles[name] = safe_open(path, framework="numpy")
+            except (OSError, SafetensorError) as e:
+                raise UserError(f"{path} is not a readable safetensors file ({e})") from None
+        if weight_map is None:
+            weight_map = {key: SINGLE for key in self._handles[SINGLE].keys()}  # noqa: SIM118
+        self._where = weight_map
+
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def get(self, name: str) -> np.ndarray | None:
+        if name not in self._where:
+            return None
+        try:
+            return self._handles[self._where[name]].get_tensor(name)
+        except (OSError, SafetensorError) as e:
+            raise UserError(f"{self.hf_dir}: tensor {name} is unreadable ({e})") from None
+
+    def __exit__(self, *exc):
+        self._handles.clear()  # safe_open handles unmap when released
+
+
+def write_safetensors(out_dir: str, tensors: Iterable[tuple[str, np.ndarray]],
+                      max_shard_bytes: int) -> list[str]:
+    """Writes the (name, tensor) stream as `model.safetensors`, or as shards of at most
+    `max_shard_bytes` plus an index when it is larger (HF's names and index format); holds one
+    shard in memory at a time. Returns the files written."""
+    shard: dict[str, np.ndarray] = {}
+    keys: list[list[str]] = []  # the tensor names of each shard written
+    size = total = 0
+
+    def flush():
+        save_file(shard, os.path.join(out_dir, f"shard-{len(keys):05d}.tmp"),
+                  metadata={"format": "pt"})
+        keys.append(list(shard))
+        shard.clear()
+
+    for name, tensor in tensors:
+        if shard and size + tensor.nbytes > max_shard_bytes:
+            flush()
+            size = 0
+        shard[name] = tensor
+        size += tensor.nbytes
+        total += tensor.nbytes
+    flush()
+    if len(keys) == 1:
+        os.replace(os.path.join(out_dir, "shard-00000.tmp"), os.path.join(out_dir, SINGLE))
+        return [SINGLE]
+    names = [f"model-{i + 1:05d}-of-{len(keys):05d}.safetensors" for i in range(len(keys))]
+    for i, name in enumerate(names):
+        os.replace(os.path.join(out_dir, f"shard-{i:05d}.tmp"), os.path.join(out_dir, name))
+    weight_map = {key: name for name, shard_keys in zip(names, keys, strict=True)
+                  for key in shard_keys}
+    with open(os.path.join(out_dir, INDEX), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return [*names, INDEX]

@@ -36,10 +36,13 @@ def right_pad(sources: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np
     return tokens, segments
 
 
-def bos_id_of(tokenizer) -> int:
-    """The decoder's start token: the tokenizer's BOS, else our tokenizers' id 2."""
-    if tokenizer is not None and tokenizer.bos_id >= 0:
-        return tokenizer.bos_id
+def start_id_of(loaded) -> int:
+    """The decoder's start token: an imported model's decoder_start_token_id (T5: its pad id),
+    else the tokenizer's BOS, else our tokenizers' id 2."""
+    if loaded.token_ids.get("decoder_start_token_id") is not None:
+        return loaded.token_ids["decoder_start_token_id"]
+    if loaded.tokenizer is not None and loaded.tokenizer.bos_id >= 0:
+        return loaded.tokenizer.bos_id
     return BOS_ID
 
 
@@ -145,7 +148,7 @@ def generate(loaded, sources: list[list[int]], max_new_tokens: int,
     `on_token(step, tokens, done)` is called on the host as each step's tokens are chosen."""
     check_lengths(loaded, sources, max_new_tokens)
     tokens, segments = right_pad(sources)
-    bos_id = bos_id_of(loaded.tokenizer) if bos_id is None else bos_id
+    bos_id = start_id_of(loaded) if bos_id is None else bos_id
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
         out = _sample_loop(loaded.model, loaded.params, tokens, segments,
                            jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
@@ -165,7 +168,7 @@ def beam_search(loaded, sources: list[list[int]], max_new_tokens: int, num_beams
     if not np.isfinite(length_penalty):
         raise UserError(f"--length_penalty must be a finite number, got {length_penalty}")
     tokens, segments = right_pad(sources)
-    bos_id = bos_id_of(loaded.tokenizer) if bos_id is None else bos_id
+    bos_id = start_id_of(loaded) if bos_id is None else bos_id
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
         return _beam_search(loaded.model, loaded.params, tokens, segments,
                             max_new_tokens=max_new_tokens, num_beams=num_beams, eos_id=eos_id,

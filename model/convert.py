@@ -105,7 +105,7 @@ def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
                              if not any(re.fullmatch(p, n) for p in module.IGNORED))
             _write_model_dir(tmp, cfg, params, {"architecture": architecture,
                                                 "source": os.path.abspath(hf_dir),
-                                                **token_ids(hf)})
+                                                **_token_ids(hf_dir, hf, module)})
             tokenizer = _copy_tokenizer(hf_dir, tmp, files.SENTENCEPIECE_ALIASES)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -113,6 +113,22 @@ def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
     _move_into_place(tmp, out)
     return {"architecture": architecture, "params": sum(p.size for p in params.values()),
             "dtype": dtype, "tokenizer": tokenizer, "unused_tensors": ignored}
+
+
+def _token_ids(hf_dir: str, hf: dict, module) -> dict[str, int]:
+    """Special ids from config.json, overridden by generation_config.json (where transformers
+    5 keeps decoder_start_token_id); a T5 without one starts from its pad id, as T5 does."""
+    ids = token_ids(hf)
+    path = os.path.join(hf_dir, "generation_config.json")
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                ids.update(token_ids(json.load(f)))
+        except (OSError, ValueError, AttributeError) as e:
+            raise UserError(f"{path} is unreadable ({e})") from None
+    if module.MODEL_TYPE == "t5":
+        ids.setdefault("decoder_start_token_id", ids.get("pad_token_id", 0))
+    return ids
 
 
 def _write_model_dir(path: str, cfg: ModelConfig, params: dict[str, np.ndarray],

@@ -42,9 +42,14 @@ def test_sampling_is_seeded_and_top_1_is_greedy():
 
 
 def test_bos_comes_from_the_tokenizer():
-    assert seq2seq.bos_id_of(None) == 2
-    assert seq2seq.bos_id_of(types.SimpleNamespace(bos_id=7)) == 7
-    assert seq2seq.bos_id_of(types.SimpleNamespace(bos_id=-1)) == 2
+    def loaded(tokenizer, **ids):
+        return types.SimpleNamespace(tokenizer=tokenizer, token_ids=ids)
+    assert seq2seq.start_id_of(loaded(None)) == 2
+    assert seq2seq.start_id_of(loaded(types.SimpleNamespace(bos_id=7))) == 7
+    assert seq2seq.start_id_of(loaded(types.SimpleNamespace(bos_id=-1))) == 2
+    # An imported T5 names its start token (its pad id, 0) in config.json.
+    assert seq2seq.start_id_of(loaded(types.SimpleNamespace(bos_id=-1),
+                                      decoder_start_token_id=0)) == 0
 
 
 @pytest.mark.parametrize("sources, new, message", [

@@ -72,7 +72,8 @@ CASES = [  # (flags, with {name} taken from `paths`; what the one line must say)
     ({**T5, "objective": "clm"}, "trains the decoder family"),
     (CLASSIFY, "--init_from=WORKDIR"),
     ({**CLASSIFY, "init_from": "{decoder}"}, "is a decoder model"),
-    ({**CLASSIFY, "init_from": "{narrow}"}, "differs in d_model"),
+    # The pretrained model is used as it is; a size flag that contradicts it is refused.
+    ({**CLASSIFY, "init_from": "{narrow}", "d_model": 64}, "differs in d_model"),
     ({**CLASSIFY, "init_from": "{encoder}", "data": "{one_label}"}, "at least 2 classes"),
     ({**CLASSIFY, "init_from": "{encoder}", "data": "{three_labels}", "num_classes": 2},
      "--num_classes=2"),

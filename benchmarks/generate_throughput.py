@@ -11,7 +11,7 @@ import time
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
 from benchmarks.train_throughput import device_info, device_slug, merge_into, versions
 from infer.bench import SIZE_FLAGS, bench_batch, random_loaded
@@ -19,7 +19,7 @@ from infer.engine import _generate
 from infer.sampling import Sampling
 from model import sharding
 from model.config import ModelConfig, get_preset
-from model.errors import UserError, exit_with
+from model.errors import UserError, run_command
 
 FLAGS = flags.FLAGS
 
@@ -176,22 +176,5 @@ def main(argv: list[str]) -> None:
     print(f"wrote {out}")
 
 
-def _parse(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        exit_with(UserError(f"{e}; see python -m benchmarks.generate_throughput --help"))
-
-
-def _main(argv: list[str]) -> None:
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # jax logs its backend probing at INFO
-    try:
-        main(argv)
-    except UserError as e:
-        exit_with(e)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(_main, argv=sys.argv, flags_parser=_parse)
+    run_command(main, define_flags, "benchmarks.generate_throughput")

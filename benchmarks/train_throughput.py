@@ -20,11 +20,11 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
 from model import sharding
 from model.config import ModelConfig, get_preset
-from model.errors import UserError, exit_with
+from model.errors import UserError, run_command
 from model.transformer import build_model
 from train.flags import TrainConfig
 from train.metrics import peak_flops, train_flops_per_token
@@ -301,22 +301,5 @@ def main(argv: list[str]) -> None:
     print(f"wrote {out}")
 
 
-def _parse(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        exit_with(UserError(f"{e}; see python -m benchmarks.train_throughput --help"))
-
-
-def _main(argv: list[str]) -> None:
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # jax logs its backend probing at INFO
-    try:
-        main(argv)
-    except UserError as e:
-        exit_with(e)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(_main, argv=sys.argv, flags_parser=_parse)
+    run_command(main, define_flags, "benchmarks.train_throughput")

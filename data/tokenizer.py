@@ -167,16 +167,13 @@ def main(argv: Sequence[str]) -> None:
 
     from data.corpus import load_corpus
     from data.span import SENTINELS
-    from model.errors import exit_with
 
-    del argv
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
     args = flags.FLAGS
-    try:
-        corpus = load_corpus(args.data)
-        extra = (BERT_SYMBOLS if args.bert_symbols else ()) + (SENTINELS if args.sentinels else ())
-        tokenizer = train_tokenizer(corpus.train, args.vocab_size, args.out, extra_symbols=extra)
-    except UserError as e:
-        exit_with(e)
+    corpus = load_corpus(args.data)
+    extra = (BERT_SYMBOLS if args.bert_symbols else ()) + (SENTINELS if args.sentinels else ())
+    tokenizer = train_tokenizer(corpus.train, args.vocab_size, args.out, extra_symbols=extra)
     held_out = sample(corpus.eval, 1_000_000)
     print(f"wrote {tokenizer.path}: vocab_size={tokenizer.vocab_size}")
     print(f"held-out bytes/token: {_bytes_per_token(tokenizer, held_out):.3f}")
@@ -207,7 +204,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from model.errors import run_command
 
-    _define_flags()
-    app.run(main)
+    run_command(main, _define_flags, "data.tokenizer")

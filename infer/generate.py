@@ -9,9 +9,9 @@ import math
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
-from model.errors import UserError, exit_with
+from model.errors import UserError, run_command
 
 FLAGS = flags.FLAGS
 
@@ -112,35 +112,32 @@ def main(argv: list[str]) -> None:
     from infer.load import load, read_config
     from infer.sampling import Sampling
 
-    try:
-        if not FLAGS.checkpoint:
-            raise UserError("--checkpoint is required")
-        prompts = _prompts()
-        sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p).validated()
-        _check_search(sampling)
-        if FLAGS.json and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json))):
-            raise UserError(f"--json={FLAGS.json}: its directory does not exist")
-        family = read_config(FLAGS.checkpoint).family
-        _check_family(family)
-        loaded = load(FLAGS.checkpoint, FLAGS.mesh)
-        tok = loaded.tokenizer
-        if tok is None:
-            raise UserError(f"{FLAGS.checkpoint} has no tokenizer (tokenizer.model or "
-                            f"tokenizer.json); text generation needs one — score token ids with "
-                            f"python -m infer.score instead")
-        seq2seq = family == "encoder_decoder"
-        # Beam search knows its best hypothesis only at the end: nothing to stream.
-        stream = _Stream(tok) if len(prompts) == 1 and FLAGS.num_beams == 1 else None
-        if seq2seq:
-            prompt_ids, out = _seq2seq(loaded, tok, prompts, sampling, stream)
-        else:
-            prompt_ids = [tok.encode(p).tolist() for p in prompts]
-            if stream:
-                sys.stdout.write(prompts[0])
-            out = generate(loaded, prompt_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
-                           tok.eos_id, on_token=stream)
-    except UserError as e:
-        exit_with(e)
+    if not FLAGS.checkpoint:
+        raise UserError("--checkpoint is required")
+    prompts = _prompts()
+    sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p).validated()
+    _check_search(sampling)
+    if FLAGS.json and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json))):
+        raise UserError(f"--json={FLAGS.json}: its directory does not exist")
+    family = read_config(FLAGS.checkpoint).family
+    _check_family(family)
+    loaded = load(FLAGS.checkpoint, FLAGS.mesh)
+    tok = loaded.tokenizer
+    if tok is None:
+        raise UserError(f"{FLAGS.checkpoint} has no tokenizer (tokenizer.model or "
+                        f"tokenizer.json); text generation needs one — score token ids with "
+                        f"python -m infer.score instead")
+    seq2seq = family == "encoder_decoder"
+    # Beam search knows its best hypothesis only at the end: nothing to stream.
+    stream = _Stream(tok) if len(prompts) == 1 and FLAGS.num_beams == 1 else None
+    if seq2seq:
+        prompt_ids, out = _seq2seq(loaded, tok, prompts, sampling, stream)
+    else:
+        prompt_ids = [tok.encode(p).tolist() for p in prompts]
+        if stream:
+            sys.stdout.write(prompts[0])
+        out = generate(loaded, prompt_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
+                       tok.eos_id, on_token=stream)
     texts = [tok.decode(ids) for ids in out]
     if stream:
         sys.stdout.write(texts[0][len(stream.printed):] + "\n")
@@ -157,14 +154,5 @@ def main(argv: list[str]) -> None:
         os.replace(tmp, FLAGS.json)
 
 
-def _parse(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        exit_with(UserError(str(e)))
-
-
 if __name__ == "__main__":
-    define_flags()
-    logging.set_verbosity(logging.WARNING)
-    app.run(main, flags_parser=_parse)
+    run_command(main, define_flags, "infer.generate")

@@ -10,10 +10,10 @@ import os
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
 from model import sharding
-from model.errors import UserError, exit_with
+from model.errors import UserError, run_command
 
 FLAGS = flags.FLAGS
 
@@ -76,41 +76,29 @@ def main(argv: list[str]) -> None:
     del argv
     from infer.load import load, read_config
 
-    try:
-        for name in ("checkpoint", "tokens", "out"):
-            if not FLAGS[name].value:
-                raise UserError(f"--{name} is required")
-        config = read_config(FLAGS.checkpoint)
-        seq2seq = config.family == "encoder_decoder"
-        if FLAGS.decoder_tokens and not seq2seq:
-            raise UserError(f"--decoder_tokens is only for encoder-decoder models; this one is "
-                            f"{'decoder-only' if config.family == 'decoder' else 'an encoder'}")
-        if seq2seq and not FLAGS.decoder_tokens:
-            raise UserError("this is an encoder-decoder model: give the decoder inputs (BOS + "
-                            "target) as --decoder_tokens=D.npy, the source as --tokens")
-        tokens = read_tokens(FLAGS.tokens, config.vocab_size, config.max_len)
-        decoder_tokens = read_tokens(FLAGS.decoder_tokens, config.vocab_size, config.max_len,
-                                     "decoder_tokens") if seq2seq else None
-        out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
-        if not os.path.isdir(out_dir):
-            raise UserError(f"--out={FLAGS.out}: directory {out_dir} does not exist")
-        logits = score(load(FLAGS.checkpoint, FLAGS.mesh), tokens, decoder_tokens)
-    except UserError as e:
-        exit_with(e)
+    for name in ("checkpoint", "tokens", "out"):
+        if not FLAGS[name].value:
+            raise UserError(f"--{name} is required")
+    config = read_config(FLAGS.checkpoint)
+    seq2seq = config.family == "encoder_decoder"
+    if FLAGS.decoder_tokens and not seq2seq:
+        raise UserError(f"--decoder_tokens is only for encoder-decoder models; this one is "
+                        f"{'decoder-only' if config.family == 'decoder' else 'an encoder'}")
+    if seq2seq and not FLAGS.decoder_tokens:
+        raise UserError("this is an encoder-decoder model: give the decoder inputs (BOS + "
+                        "target) as --decoder_tokens=D.npy, the source as --tokens")
+    tokens = read_tokens(FLAGS.tokens, config.vocab_size, config.max_len)
+    decoder_tokens = read_tokens(FLAGS.decoder_tokens, config.vocab_size, config.max_len,
+                                 "decoder_tokens") if seq2seq else None
+    out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
+    if not os.path.isdir(out_dir):
+        raise UserError(f"--out={FLAGS.out}: directory {out_dir} does not exist")
+    logits = score(load(FLAGS.checkpoint, FLAGS.mesh), tokens, decoder_tokens)
     tmp = FLAGS.out + ".tmp.npy"
     np.save(tmp, logits)
     os.replace(tmp, FLAGS.out)
     print(f"wrote logits {list(logits.shape)} to {FLAGS.out}")
 
 
-def _parse(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        exit_with(UserError(str(e)))
-
-
 if __name__ == "__main__":
-    define_flags()
-    logging.set_verbosity(logging.WARNING)
-    app.run(main, flags_parser=_parse)
+    run_command(main, define_flags, "infer.score")

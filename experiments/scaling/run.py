@@ -1,0 +1,104 @@
+"""A scaling-law study that runs on a laptop CPU: 5 model sizes x 3 token budgets of a Llama-style
+decoder on the standard library's source, each run with its own cosine schedule; then the
+Chinchilla fit L(N, D) = E + A / N^alpha + B / D^beta (fit.py) beside the published exponents.
+
+    python experiments/scaling/run.py [--runs=runs/scaling] [--out=experiments/scaling]
+
+Each size is one `python -m train.sweep` over --steps (so a rerun skips finished runs and resumes
+a killed one); `python -m train.results` tables land in each sweep directory. Writes
+OUT/results.json, OUT/results.md and OUT/scaling.png.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fit import HOFFMANN, KAPLAN, fit, plot, predict
+
+from model.config import get_preset
+from train.results import collect
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# (d_model, layers, heads, mlp_dim): about 25K to 1.2M non-embedding params, ~50x.
+SIZES = ((32, 2, 4, 96), (64, 2, 4, 192), (96, 3, 4, 256), (128, 4, 4, 384), (160, 5, 4, 448))
+STEPS = (125, 250, 500)  # x 2048 tokens a step: 0.26M, 0.51M, 1.02M tokens
+TOKENS_PER_STEP = 16 * 128
+VOCAB = 2048
+
+
+def non_embedding_params(d_model: int, layers: int, heads: int, mlp_dim: int) -> int:
+    cfg = get_preset("tiny_llama").replace(d_model=d_model, num_layers=layers, num_heads=heads,
+                                           num_kv_heads=heads, mlp_dim=mlp_dim, vocab_size=VOCAB)
+    return cfg.num_params(include_embeddings=False)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _law_row(name: str, law: dict) -> str:
+    return (f"| {name} | {law['E']:.2f} | {law['A']:.4g} | {law['alpha']:.3f} | "
+            f"{law['B']:.4g} | {law['beta']:.3f} |")
+
+
+def _run(args: list[str]) -> None:
+    print("$ " + " ".join(args), flush=True)
+    subprocess.run(args, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/scaling", help="Where the runs' workdirs go.")
+    parser.add_argument("--out", default=HERE, help="Where results.json/md and scaling.png go.")
+    args = parser.parse_args()
+    tokenizer = os.path.join(args.runs, "tokenizer.model")
+    if not os.path.exists(tokenizer):  # one tokenizer for every run: losses stay comparable
+        os.makedirs(args.runs, exist_ok=True)
+        _run([sys.executable, "-m", "data.tokenizer", "--data=stdlib", f"--vocab_size={VOCAB}",
+              f"--out={tokenizer}"])
+    points = []
+    for d_model, layers, heads, mlp_dim in SIZES:
+        name = f"d{d_model}_l{layers}"
+        sweep_dir = os.path.join(args.runs, name)
+        start = time.time()
+        _run([sys.executable, "-m", "train.sweep", f"--flagfile={HERE}/base.flags",
+              f"--d_model={d_model}", f"--num_layers={layers}", f"--num_heads={heads}",
+              f"--num_kv_heads={heads}", f"--mlp_dim={mlp_dim}", f"--tokenizer={tokenizer}",
+              f"--sweep=steps={','.join(map(str, STEPS))}", f"--out={sweep_dir}"])
+        rows, _ = collect(sweep_dir)
+        n = non_embedding_params(d_model, layers, heads, mlp_dim)
+        for row in rows:
+            points.append({"size": name, "d_model": d_model, "layers": layers, "N": n,
+                           "steps": row["steps"], "D": row["steps"] * TOKENS_PER_STEP,
+                           "eval_loss": row["eval_loss"]})
+        print(f"{name}: N={n:,} done in {time.time() - start:.0f} s", flush=True)
+    n, d, loss = (np.asarray([p[k] for p in points], float) for k in ("N", "D", "eval_loss"))
+    law = fit(n, d, loss)
+    residual = loss - predict(law, n, d)
+    report = {"points": points, "fit": law, "rms_residual": float(np.sqrt(np.mean(residual**2))),
+              "published": {"hoffmann2022": HOFFMANN, "kaplan2020": KAPLAN},
+              "setup": {"sizes": SIZES, "steps": STEPS, "tokens_per_step": TOKENS_PER_STEP,
+                        "vocab_size": VOCAB, "base_flags": _read(f"{HERE}/base.flags")}}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    plot(os.path.join(args.out, "scaling.png"), n, d, loss, law)
+    lines = ["| run | N (non-embedding) | D (tokens) | held-out loss | fit |", "|---|---|---|---|---|"]
+    lines += [f"| {p['size']} | {p['N']:,} | {p['D']:,} | {p['eval_loss']:.4f} | "
+              f"{predict(law, p['N'], p['D']):.4f} |" for p in points]
+    lines += ["", "| | E | A | alpha | B | beta |", "|---|---|---|---|---|---|",
+              _law_row("this study", law), _law_row("Hoffmann et al. 2022", HOFFMANN)]
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -166,7 +166,8 @@ def collect(directory: str) -> tuple[list[dict], list[str]]:
     rows = sorted((row for row, _ in summaries), key=_sort_key)
     curves = {row["run"]: records for row, records in summaries}
     extra = [m for m in TASK_METRICS if any(m in row for row in rows)]
-    write_tables(directory, rows, [*COLUMNS[:1], *swept, *COLUMNS[1:], *extra])
+    columns = list(dict.fromkeys([*COLUMNS[:1], *swept, *COLUMNS[1:], *extra]))  # no repeats
+    write_tables(directory, rows, columns)
     files = ["results.csv", "results.md"]
     files += [os.path.basename(p) for p in plot(directory, rows, curves, swept)]
     return rows, files

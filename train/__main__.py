@@ -21,12 +21,16 @@ def main(argv: list[str]) -> None:
         exit_with(UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value"))
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every file at INFO
-    from train.loop import train  # after flag parsing: keeps --help fast
+    from train.loop import NonFiniteLoss, train  # after flag parsing: keeps --help fast
 
     try:
         train(config_from_flags())
     except UserError as e:
         exit_with(e)
+    except NonFiniteLoss as e:
+        # The run diverged rather than being misconfigured: exit code 1, but still one line.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run() -> None:

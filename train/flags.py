@@ -38,6 +38,13 @@ class TrainConfig:
     # Run.
     workdir: str = _f("", "Directory for checkpoints, metrics, config and tokenizer (required); "
                           "a workdir with checkpoints is resumed.")
+    overwrite: bool = _f(False, "Start fresh in a --workdir that holds an earlier run (any "
+                                "model): delete that run's checkpoints/, "
+                                "damaged_checkpoints/, metrics.jsonl, "
+                                "TensorBoard events.out.tfevents.*, loss.png, config.json, "
+                                "flags.txt and tokenizer files once every other flag has been "
+                                "checked; other files there are kept. Without it a workdir "
+                                "holding a different model is refused.")
     steps: int = _f(1000, "Optimizer steps to train for (total, including resumed ones).")
     batch_size: int = _f(16, "Global batch size in sequences (all devices, all hosts).")
     seq_len: int = _f(256, "Tokens per training sequence.")
@@ -90,7 +97,10 @@ class TrainConfig:
     beta2: float = _f(0.95, "Adam beta2 (second-moment decay).")
     clip_norm: float = _f(1.0, "Clip gradients to this global norm; 0 disables.")
     max_nonfinite: int = _f(10, "Stop after this many consecutive steps with a non-finite loss or "
-                                "gradient (each such step is skipped).")
+                                "gradient, with one error line and exit code 1 (each such step "
+                                "is skipped, leaving the params as they were, and counted in "
+                                "skipped_steps; periodic checkpoints wait for a finite step). "
+                                "Checked at log and save steps.")
     # Logging, evaluation, checkpoints.
     log_every: int = _f(10, "Steps between metrics lines (metrics.jsonl, TensorBoard, console).")
     eval_every: int = _f(100, "Steps between evaluations on the held-out split; 0 disables.")

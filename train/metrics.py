@@ -2,11 +2,11 @@
 plus the FLOP count and device peak behind MFU."""
 
 import json
+import math
 import os
 from typing import Any
 
 import jax
-from tensorboardX import SummaryWriter
 
 from model.config import ModelConfig
 
@@ -72,15 +72,19 @@ class MetricsWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._drop_lines_after(resume_step)
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (lives with the run)
+        # Imported here: tensorboardX imports torch when it is installed, ~2 s of every start.
+        from tensorboardX import SummaryWriter
+
         self.tb = SummaryWriter(logdir=workdir)
 
     def _drop_lines_after(self, step: int) -> None:
         """A run killed after logging but before its next checkpoint repeats those steps when it
-        resumes; drop their old lines so each step appears once."""
+        resumes; drop their old lines so each step appears once (and a line cut short by the
+        kill, which is no JSON)."""
         if not os.path.exists(self.path):
             return
         with open(self.path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            kept = [line for line in f if _step_of(line) <= step]
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(kept)
@@ -98,6 +102,14 @@ class MetricsWriter:
     def close(self) -> None:
         self.file.close()
         self.tb.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; infinity (never kept) for a blank or torn one."""
+    try:
+        return json.loads(line).get("step", 0) if line.endswith("\n") else math.inf
+    except ValueError:
+        return math.inf
 
 
 def format_line(step: int, total: int, values: dict[str, Any]) -> str:

@@ -1,8 +1,10 @@
 """Resolves a run before anything is written: flags -> task, model config, mesh, data, tokenizer,
 datasets, the pretrained run of --init_from, and the workdir's existing contents. Every bad input
-a user can give is refused here, so a refused run leaves the workdir exactly as it was."""
+a user can give is refused here, so a refused run leaves the workdir exactly as it was; a workdir
+holding another run is refused too, or with --overwrite emptied of it once all else has passed."""
 
 import dataclasses
+import fnmatch
 import json
 import os
 import shutil
@@ -13,7 +15,7 @@ import jax
 from absl import logging
 from jax.sharding import Mesh
 
-from data.hf_tokenizer import HFTokenizer
+from data.hf_tokenizer import SPECIAL_FILES, HFTokenizer
 from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig, get_preset
@@ -27,6 +29,19 @@ POSITIVE = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "eva
             "keep_checkpoints")
 # Settings that change neither the params nor their shapes: a pretrained model may differ in them.
 _COMPUTE_ONLY = ("dtype", "remat", "attention", "num_labels")
+# What a run writes into its workdir (fnmatch patterns of top-level names), and so all that
+# --overwrite may delete: the workdir contract (DESIGN.md), loss.png, the damaged checkpoints
+# a resume moved aside, and the temp files of interrupted atomic writes. Anything else in the
+# workdir is the user's and is never touched.
+_RUN_FILES = ("config.json", "flags.txt", "metrics.jsonl", "loss.png", "tokenizer.model",
+              "tokenizer.json", *SPECIAL_FILES)
+_WRITTEN = ("checkpoints", "damaged_checkpoints", "events.out.tfevents.*", *_RUN_FILES,
+            *(f"{name}.tmp*" for name in _RUN_FILES))
+# What only a run that got as far as training leaves: without config.json, such files are from a
+# run (or a tool) this one cannot identify, and resuming from them would mix runs.
+_TRAINED = ("checkpoints", "metrics.jsonl", "events.out.tfevents.*")
+# Float32 arrays per param in a checkpoint (the param plus its optimizer moments).
+_ARRAYS_PER_PARAM = {"adamw": 3, "sgd": 2, "adafactor": 1}
 
 
 @dataclasses.dataclass
@@ -52,6 +67,13 @@ class Run:
     def commit(self, extra: dict) -> None:
         """Creates the workdir and writes the tokenizer's files (tokenizer.model, or an import's
         tokenizer.json and the special-token files beside it), config.json and flags.txt."""
+        try:
+            self._write(extra)
+        except OSError as e:  # prepare checked space and permissions; this is a race with them
+            raise UserError(f"cannot write to --workdir={self.workdir} ({e.strerror}); free "
+                            f"space or fix permissions, then rerun to resume") from None
+
+    def _write(self, extra: dict) -> None:
         os.makedirs(self.workdir, exist_ok=True)
         files = self.tokenizer.files  # its first file is the tokenizer's own path
         target = os.path.join(self.workdir, next(iter(files)))
@@ -60,14 +82,21 @@ class Run:
             for name, source in files.items():
                 with open(source, "rb") as src:
                     _atomic_write(os.path.join(self.workdir, name), src.read())
-            if os.path.basename(os.path.dirname(self.tokenizer.path)).startswith(_TMP_PREFIX):
-                shutil.rmtree(os.path.dirname(self.tokenizer.path), ignore_errors=True)
+            discard_temp_tokenizer(self.tokenizer)
             self.tokenizer.path = target
-        config = {"flags": self.cfg.to_flags(), "model": self.model.to_dict(),
+        # Rerunning flags.txt must resume this run, never delete it again.
+        cfg = self.cfg.replace(overwrite=False)
+        config = {"flags": cfg.to_flags(), "model": self.model.to_dict(),
                   "corpus": self.data.fingerprint, **extra}
         _atomic_write(os.path.join(self.workdir, "config.json"),
                       json.dumps(config, indent=2).encode())
-        _atomic_write(os.path.join(self.workdir, "flags.txt"), flagfile_text(self.cfg).encode())
+        _atomic_write(os.path.join(self.workdir, "flags.txt"), flagfile_text(cfg).encode())
+
+
+def discard_temp_tokenizer(tokenizer: Tokenizer | HFTokenizer) -> None:
+    """Removes the temp dir of a tokenizer that prepare trained (a no-op for any other)."""
+    if os.path.basename(os.path.dirname(tokenizer.path)).startswith(_TMP_PREFIX):
+        shutil.rmtree(os.path.dirname(tokenizer.path), ignore_errors=True)
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -107,17 +136,115 @@ def _check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
                         f"hosts {jax.process_count()}")
 
 
-def _read_previous(workdir: str) -> dict | None:
+def _read_previous(workdir: str, overwrite: bool) -> dict | None:
+    """config.json of the earlier run in `workdir`, None if there is none (or --overwrite will
+    discard it anyway)."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir={workdir} is a file, not a directory; choose another path")
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
+        # An empty checkpoints/ (a run stopped before its first save) holds nothing to protect.
+        checkpoints = os.path.join(workdir, "checkpoints")
+        empty = os.path.isdir(checkpoints) and not os.listdir(checkpoints)
+        found = [n for n in _run_files(workdir, _TRAINED) if not (n == "checkpoints" and empty)]
+        if found and not overwrite:
+            raise UserError(f"--workdir={workdir} holds {', '.join(found)} but no config.json, "
+                            f"so they are from a run this one cannot identify; use a new "
+                            f"--workdir, or pass --overwrite to delete them")
+        return None
+    if overwrite:
         return None
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is unreadable ({e}); restore it or use a new --workdir") from None
+        raise UserError(f"{path} is unreadable ({e}); restore it, use a new --workdir, or pass "
+                        f"--overwrite to discard that run") from None
+
+
+def _run_files(workdir: str, patterns: tuple[str, ...] = _WRITTEN) -> list[str]:
+    """The top-level names in `workdir` that match `patterns` (names a run writes), sorted."""
+    if not os.path.isdir(workdir):
+        return []
+    return [name for name in sorted(os.listdir(workdir))
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _check_writable(workdir: str) -> None:
+    """Refuses a workdir that cannot be created or written (os.access also sees read-only
+    mounts, where root is refused too)."""
+    where = _existing_ancestor(workdir)
+    if not os.path.isdir(where):
+        raise UserError(f"--workdir={workdir} is below the file {where}; choose another path")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    for path in (where, *([checkpoints] if os.path.isdir(checkpoints) else [])):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"--workdir={workdir} is not writable ({path} is read-only or not "
+                            f"yours); choose another --workdir or fix its permissions")
+
+
+def _check_space(cfg: TrainConfig, workdir: str, model: ModelConfig) -> None:
+    """Refuses a filesystem without room for one more checkpoint, instead of failing (and
+    leaving a partial checkpoint) at the first save, after the time spent training."""
+    usage = shutil.disk_usage(_existing_ancestor(workdir))
+    arrays = _ARRAYS_PER_PARAM.get(cfg.optimizer, 3)
+    if cfg.optimizer == "sgd" and not cfg.beta1:
+        arrays = 1
+    # Half the float32 bytes (orbax may compress them) plus 1 MiB for metadata, config and logs:
+    # a lower bound, so that only a run that is sure to fail is refused.
+    need = 2 * model.num_params() * arrays + (1 << 20)
+    if usage.total and usage.free < need:  # some network filesystems report no size at all
+        raise UserError(f"--workdir={workdir} has {usage.free / 2**20:.1f} MiB free, but a "
+                        f"checkpoint of this model needs at least {need / 2**20:.1f} MiB; free "
+                        f"space or choose a --workdir on a larger disk")
+
+
+def _check_overwrite(cfg: TrainConfig, workdir: str, tokenizer: Tokenizer | HFTokenizer,
+                     discard: list[str]) -> None:
+    """Refuses an --overwrite that would delete one of this run's own inputs."""
+    doomed = [os.path.realpath(os.path.join(workdir, name)) for name in discard]
+
+    def inside(path: str) -> bool:
+        path = os.path.realpath(path)
+        return any(path == d or path.startswith(d + os.sep) for d in doomed)
+
+    if cfg.init_from and os.path.realpath(cfg.init_from) == os.path.realpath(workdir):
+        raise UserError(f"--overwrite would delete --init_from={cfg.init_from}, which is the "
+                        f"--workdir; fine-tune into a new --workdir")
+    if any(inside(path) for path in tokenizer.files.values()):
+        raise UserError(f"--overwrite would delete --tokenizer={cfg.tokenizer}, which is in the "
+                        f"--workdir; copy it elsewhere first")
+
+
+def _check_pretrained_checkpoint(cfg: TrainConfig, model: ModelConfig, mesh: Mesh) -> None:
+    """The loop's check that --init_from's params fit the model, done here when --overwrite is
+    about to delete an earlier run, so that a bad --init_from deletes nothing."""
+    from model.transformer import build_model  # the model and orbax only on this path
+    from train.checkpoint import match_pretrained
+    from train.state import abstract_state
+
+    abstract, _ = abstract_state(build_model(model), make_optimizer(cfg)[0], cfg.seed, mesh)
+    match_pretrained(cfg.init_from, abstract["params"])
+
+
+def _delete_run(workdir: str, names: list[str]) -> None:
+    for name in names:
+        path = os.path.join(workdir, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except OSError as e:
+            raise UserError(f"--overwrite could not delete {path} ({e.strerror}); delete it "
+                            f"yourself or choose a new --workdir") from None
+    logging.warning("--overwrite: deleted %s from %s", ", ".join(names), workdir)
 
 
 def _read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
@@ -127,6 +254,9 @@ def _read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
             raise UserError("--objective=classify fine-tunes a pretrained encoder: pass "
                             "--init_from=WORKDIR of an mlm or mlm_nsp run")
         return None
+    if not os.path.exists(cfg.init_from):
+        raise UserError(f"--init_from={cfg.init_from} does not exist; point it at a training "
+                        f"workdir or a converted model")
     path = os.path.join(cfg.init_from, "config.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -160,27 +290,42 @@ def _check_same_model(model: ModelConfig, pretrained: dict, cfg: TrainConfig) ->
                         f"pass the size flags it was trained with")
 
 
-def _tokenizer(cfg: TrainConfig, workdir: str, task: Task, data: Data,
+def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
                vocab_size: int) -> Tokenizer | HFTokenizer:
-    """The workdir's tokenizer if resuming, else --tokenizer, else the --init_from run's (or
-    imported model's), else one trained on the data (into a temp dir: it reaches the workdir only
-    when the whole run has been validated) with the pieces the task needs."""
-    tokenizer = find_tokenizer(workdir)
+    """The workdir's tokenizer if resuming (workdir None: not resuming), else --tokenizer, else
+    the --init_from run's (or imported model's), else one trained on the data (into a temp dir:
+    it reaches the workdir only when the whole run has been validated) with the pieces the task
+    needs."""
+    tokenizer = find_tokenizer(workdir) if workdir else None
+    if tokenizer is not None and cfg.tokenizer:
+        _check_same_tokenizer(cfg, tokenizer)
     if tokenizer is None and cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
     if tokenizer is None and cfg.init_from:
         tokenizer = find_tokenizer(cfg.init_from)
     if tokenizer is None:
         logging.info("training a %d-piece tokenizer on %s", vocab_size, cfg.data)
-        tokenizer = train_tokenizer(
-            task.tokenizer_texts(data), vocab_size,
-            os.path.join(tempfile.mkdtemp(prefix=_TMP_PREFIX), "tokenizer.model"),
-            extra_symbols=task.extra_symbols)
-    if tokenizer.eos_id < 0:  # only an imported tokenizer can lack one; documents end with it
-        raise UserError(f"tokenizer {tokenizer.path!r} has no end-of-sequence token; name one as "
-                        f"eos_token in the tokenizer_config.json beside it")
-    task.check_tokenizer(tokenizer)
+        directory = tempfile.mkdtemp(prefix=_TMP_PREFIX)
+        try:
+            tokenizer = train_tokenizer(
+                task.tokenizer_texts(data), vocab_size, os.path.join(directory, "tokenizer.model"),
+                extra_symbols=task.extra_symbols)
+        finally:
+            if tokenizer is None:
+                shutil.rmtree(directory, ignore_errors=True)
     return tokenizer
+
+
+def _check_same_tokenizer(cfg: TrainConfig, resumed: Tokenizer | HFTokenizer) -> None:
+    """A resumed run keeps its workdir's tokenizer; a --tokenizer that differs from it would
+    otherwise be silently ignored."""
+    given = load_tokenizer(cfg.tokenizer)
+    with open(given.path, "rb") as a, open(resumed.path, "rb") as b:
+        if a.read() == b.read():
+            return
+    raise UserError(f"--tokenizer={cfg.tokenizer} ({given.vocab_size} pieces) is not the "
+                    f"tokenizer of the run in --workdir ({resumed.path}, {resumed.vocab_size} "
+                    f"pieces); drop --tokenizer to resume, or use a new --workdir or --overwrite")
 
 
 def prepare(cfg: TrainConfig) -> Run:
@@ -200,14 +345,44 @@ def prepare(cfg: TrainConfig) -> Run:
     mesh = sharding.make_mesh(cfg.mesh)
     _check_batch(cfg, mesh)
     workdir = os.path.abspath(cfg.workdir)
-    previous = _read_previous(workdir)
+    previous = _read_previous(workdir, cfg.overwrite)
+    discard = _run_files(workdir) if cfg.overwrite else []
+    _check_writable(workdir)
     data = task.load_data(cfg)
+    tokenizer = _tokenizer(cfg, None if discard else workdir, task, data, model_cfg.vocab_size)
+    try:  # a tokenizer trained into a temp dir must not outlive a refused run
+        if tokenizer.eos_id < 0:  # only an imported tokenizer can lack one; documents end in it
+            raise UserError(f"tokenizer {tokenizer.path!r} has no end-of-sequence token; name "
+                            f"one as eos_token in the tokenizer_config.json beside it")
+        task.check_tokenizer(tokenizer)
+        model_cfg = _resolve_model(cfg, task, data, tokenizer, model_cfg, pretrained, previous)
+        _check_space(cfg, workdir, model_cfg)
+        hosts = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+        train_data = task.dataset(cfg, data, tokenizer, "train", **hosts)
+        eval_data = task.dataset(cfg, data, tokenizer, "eval", **hosts)
+        if discard:  # last: only a run that passed every check may delete the earlier one
+            _check_overwrite(cfg, workdir, tokenizer, discard)
+            if cfg.init_from:
+                _check_pretrained_checkpoint(cfg, model_cfg, mesh)
+            _delete_run(workdir, discard)
+    except BaseException:
+        discard_temp_tokenizer(tokenizer)
+        raise
+    # Only now, so that a refused run prints its one error line and nothing else.
     if previous and previous.get("corpus", {}).get("sha256") != data.fingerprint["sha256"]:
         logging.warning("the data differ from those this workdir was trained on (%s, python "
                         "%s, now python %s): resuming continues on different data",
                         previous["corpus"].get("source"), previous["corpus"].get("python"),
                         data.fingerprint["python"])
-    tokenizer = _tokenizer(cfg, workdir, task, data, model_cfg.vocab_size)
+    return Run(cfg=cfg, task=task, model=model_cfg, mesh=mesh, data=data, tokenizer=tokenizer,
+               workdir=workdir, previous=previous, train_data=train_data, eval_data=eval_data)
+
+
+def _resolve_model(cfg: TrainConfig, task: Task, data: Data, tokenizer: Tokenizer | HFTokenizer,
+                   model_cfg: ModelConfig, pretrained: dict | None,
+                   previous: dict | None) -> ModelConfig:
+    """The model's vocab and task settings, checked against the tokenizer, the --init_from model
+    and the model of the run already in the workdir."""
     if cfg.vocab_size is None and not pretrained:
         model_cfg = model_cfg.replace(vocab_size=tokenizer.vocab_size)
     elif model_cfg.vocab_size < tokenizer.vocab_size:
@@ -221,9 +396,6 @@ def prepare(cfg: TrainConfig) -> Run:
         changed = sorted(k for k, v in model_cfg.to_dict().items()
                          if previous.get("model", {}).get(k) != v)
         raise UserError(f"--workdir={cfg.workdir} holds a run of a different model (differs in "
-                        f"{', '.join(changed)}); use a new --workdir or the original flags")
-    hosts = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    train_data = task.dataset(cfg, data, tokenizer, "train", **hosts)
-    eval_data = task.dataset(cfg, data, tokenizer, "eval", **hosts)
-    return Run(cfg=cfg, task=task, model=model_cfg, mesh=mesh, data=data, tokenizer=tokenizer,
-               workdir=workdir, previous=previous, train_data=train_data, eval_data=eval_data)
+                        f"{', '.join(changed)}); use a new --workdir or the original flags, or "
+                        f"pass --overwrite to delete that run and start fresh")
+    return model_cfg

@@ -52,6 +52,9 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
         denominator = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: g / denominator, grads)
         loss = loss_sum / denominator
+        # optax.apply_if_finite (train/optimizer.py) skips an update whose gradients are not
+        # finite; a non-finite loss with finite gradients must be skipped too, so poison them.
+        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),

@@ -25,11 +25,20 @@ from model.config import get_preset
 from train.results import collect
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# (d_model, layers, heads, mlp_dim): about 25K to 1.2M non-embedding params, ~50x.
-SIZES = ((32, 2, 4, 96), (64, 2, 4, 192), (96, 3, 4, 256), (128, 4, 4, 384), (160, 5, 4, 448))
-STEPS = (125, 250, 500)  # x 2048 tokens a step: 0.26M, 0.51M, 1.02M tokens
+# (d_model, layers, heads, mlp_dim): 3K to 440K non-embedding params, ~130x. Small enough that
+# the largest token budget is within ~5x of Chinchilla's 20 tokens per param for most sizes: a
+# first try with 27K-1.6M params and at most 1M tokens left the larger models under-trained
+# (worse than the smaller ones at every budget) and the fit degenerate.
+SIZES = ((16, 1, 2, 48), (32, 2, 4, 96), (48, 2, 4, 144), (64, 3, 4, 192), (96, 4, 4, 288))
+STEPS = (250, 500, 1000)  # x 2048 tokens a step: 0.51M, 1.02M, 2.05M tokens
 TOKENS_PER_STEP = 16 * 128
-VOCAB = 2048
+VOCAB = 512  # a small vocabulary keeps the embedding and output layer from dominating small N
+
+
+def learning_rate(d_model: int) -> float:
+    """Adam's best rate shrinks with width (muP's 1/width for hidden matrices); one fixed rate
+    favours some sizes over others and bends the fitted exponents."""
+    return min(1e-2, 0.2 / d_model)
 
 
 def non_embedding_params(d_model: int, layers: int, heads: int, mlp_dim: int) -> int:
@@ -71,6 +80,7 @@ def main() -> None:
         _run([sys.executable, "-m", "train.sweep", f"--flagfile={HERE}/base.flags",
               f"--d_model={d_model}", f"--num_layers={layers}", f"--num_heads={heads}",
               f"--num_kv_heads={heads}", f"--mlp_dim={mlp_dim}", f"--tokenizer={tokenizer}",
+              f"--vocab_size={VOCAB}", f"--learning_rate={learning_rate(d_model)}",
               f"--sweep=steps={','.join(map(str, STEPS))}", f"--out={sweep_dir}"])
         rows, _ = collect(sweep_dir)
         n = non_embedding_params(d_model, layers, heads, mlp_dim)
@@ -85,7 +95,8 @@ def main() -> None:
     report = {"points": points, "fit": law, "rms_residual": float(np.sqrt(np.mean(residual**2))),
               "published": {"hoffmann2022": HOFFMANN, "kaplan2020": KAPLAN},
               "setup": {"sizes": SIZES, "steps": STEPS, "tokens_per_step": TOKENS_PER_STEP,
-                        "vocab_size": VOCAB, "base_flags": _read(f"{HERE}/base.flags")}}
+                        "vocab_size": VOCAB,
+                        "learning_rates": {d: learning_rate(d) for d, *_ in SIZES}, "base_flags": _read(f"{HERE}/base.flags")}}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(report, f, indent=2)

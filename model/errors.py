@@ -5,6 +5,7 @@ code 2; anything else is a bug and keeps its traceback. `model` is the root of t
 the class lives here where data/, train/ and infer/ can all reach it.
 """
 
+import os
 import sys
 from typing import NoReturn
 
@@ -14,7 +15,11 @@ class UserError(Exception):
 
 
 def exit_with(error: UserError) -> NoReturn:
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    # The refusal is the last word: background work still failing while the interpreter exits
+    # (orbax's pending reads of a checkpoint that could not be restored report "Exception
+    # ignored in ..." at shutdown) must not bury it under tracebacks. Only entry points call this.
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open until the process ends)
     sys.exit(2)
 
 

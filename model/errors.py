@@ -5,6 +5,7 @@ code 2; anything else is a bug and keeps its traceback. `model` is the root of t
 the class lives here where data/, train/ and infer/ can all reach it.
 """
 
+import logging
 import os
 import sys
 from typing import NoReturn
@@ -20,6 +21,7 @@ def exit_with(error: UserError) -> NoReturn:
     # (orbax's pending reads of a checkpoint that could not be restored report "Exception
     # ignored in ..." at shutdown) must not bury it under tracebacks. Only entry points call this.
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open until the process ends)
+    logging.disable(logging.CRITICAL)  # asyncio's "Future exception was never retrieved" too
     sys.exit(2)
 
 

@@ -217,7 +217,7 @@ def test_no_intact_checkpoint_is_refused_in_one_line(inputs, reference, tmp_path
     result = run(cfg, inputs["cache"])
     assert result.returncode == 2, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: no intact checkpoint in"), lines
+    assert len(lines) == 1 and lines[0].startswith("error: no intact checkpoint in"), "\n".join(lines)
     assert all(f"step {s}:" in lines[0] for s in (16, 20, 24))
     assert steps_saved(cfg.workdir) == [16, 20, 24]  # refused: nothing moved or written
     assert not os.path.exists(os.path.join(cfg.workdir, "damaged_checkpoints"))

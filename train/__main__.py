@@ -21,10 +21,15 @@ def main(argv: list[str]) -> None:
         exit_with(UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value"))
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every file at INFO
+    from train import distributed
     from train.loop import NonFiniteLoss, train  # after flag parsing: keeps --help fast
 
     try:
-        train(config_from_flags())
+        cfg = config_from_flags()
+        # Before anything touches a device: jax.distributed must set up the backend itself.
+        distributed.start(cfg.distributed, cfg.coordinator_address, cfg.num_processes,
+                          cfg.process_id)
+        train(cfg)
     except UserError as e:
         exit_with(e)
     except NonFiniteLoss as e:

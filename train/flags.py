@@ -51,7 +51,30 @@ class TrainConfig:
     grad_accum: int = _f(1, "Micro-batches per optimizer step (gradient accumulation).")
     seed: int = _f(0, "Seed for init, data order and any randomness of the objective.")
     mesh: str = _f("", "Device mesh, e.g. data=2,fsdp=-1,tensor=2 (one -1 takes the remaining "
-                       "devices); empty puts every device on data.")
+                       "devices); empty puts every device on data. With --dcn_mesh it splits "
+                       "the devices of one host (TPU: one slice).")
+    dcn_mesh: str = _f("", "Multi-host: how the mesh axes cross hosts (TPU: slices) over the "
+                           "data-center network, written like --mesh, e.g. data=4; its sizes "
+                           "multiply to the number of hosts and each mesh axis is --mesh's size "
+                           "times this one's (--mesh=fsdp=-1 --dcn_mesh=data=4 on 4 hosts of 8 "
+                           "GPUs: data 4 x fsdp 8). Empty: --mesh splits all devices of all "
+                           "hosts in jax's device order.")
+    distributed: str = _f("auto", "Join a multi-host run (jax.distributed.initialize) before "
+                                  "touching a device: auto (when the environment says so: "
+                                  "SLURM srun with several tasks, MESHLM_NUM_PROCESSES or "
+                                  "MESHLM_COORDINATOR set e.g. by a Kubernetes JobSet, a TPU "
+                                  "pod's TPU_WORKER_HOSTNAMES, or --coordinator_address), true "
+                                  "(always; jax also finds SLURM, Open MPI and Cloud TPU VM "
+                                  "peers), false (one process). See docs/multi-host.md.",
+                   launch=True)
+    coordinator_address: str = _f("", "host:port of process 0, which all processes dial "
+                                      "(--distributed); empty: from the environment "
+                                      "(MESHLM_COORDINATOR, SLURM, TPU).", launch=True)
+    num_processes: int | None = _f(None, "Processes in a multi-host run, usually one per host "
+                                         "(default: from the environment).", launch=True)
+    process_id: int | None = _f(None, "This process's index in [0, --num_processes); process 0 "
+                                      "writes the logs and metrics (default: from the "
+                                      "environment).", launch=True)
     objective: str = _f("clm", "Training objective: clm (causal LM, decoder), mlm or mlm_nsp "
                                "(BERT pretraining, encoder), classify (fine-tune an encoder; "
                                "needs --init_from), seq2seq (source -> target, encoder_decoder), "
@@ -110,12 +133,17 @@ class TrainConfig:
     keep_period: int = _f(0, "Also keep every checkpoint whose step is a multiple of this; 0: none.")
 
     def to_flags(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The experiment's flags, for config.json and flag files: without the LAUNCH_FLAGS."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in LAUNCH_FLAGS}
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
 
+# How this process joins a job, not what the experiment is: never written to config.json or
+# flags.txt, since a rerun is launched afresh (a recorded --process_id would give every host the
+# id of the host that wrote the file).
+LAUNCH_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("launch"))
 MODEL_OVERRIDES = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size",
                    "dtype", "remat", "attention", "scan_layers")
 

@@ -13,10 +13,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from model import sharding
 from model.transformer import build_model
+from train import distributed
 from train.bleu import Bleu
 from train.checkpoint import Checkpointer, match_pretrained, restore_pretrained
 from train.flags import TrainConfig
@@ -36,7 +38,8 @@ from train.tasks import spread
 
 
 def _say(message: str) -> None:
-    tqdm.write(message, file=sys.stdout)
+    if distributed.is_primary():  # one console for the run, not one line per host
+        tqdm.write(message, file=sys.stdout)
 
 
 def _global_batch(local: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
@@ -70,9 +73,7 @@ def evaluate(run: Run, eval_fn, params, shardings, bleu: Bleu | None = None) -> 
     in the same order every time): eval_loss / eval_ppl / eval_tokens from the objective's "loss" sums,
     each other statistic (accuracy, ...) as its sum over its count, and BLEU if asked."""
     sums: dict[str, list[float]] = {}
-    for i, batch in enumerate(run.eval_data):
-        if i >= run.cfg.eval_batches:
-            break
+    for batch in _eval_batches(run):
         stats = jax.device_get(eval_fn(params, _global_batch(batch, shardings)))
         for name, (total, count) in stats.items():
             sums.setdefault(name, [0.0, 0.0])
@@ -85,6 +86,24 @@ def evaluate(run: Run, eval_fn, params, shardings, bleu: Bleu | None = None) -> 
     if bleu is not None:
         out["bleu"] = bleu(params)
     return out
+
+
+def _eval_batches(run: Run):
+    """This host's first --eval_batches held-out batches. Hosts hold different numbers of them
+    (each has its own shard), but every eval step needs all hosts: a host that has run out
+    feeds all-padding rows (weight 0) until every host has."""
+    stream, last = iter(run.eval_data), None
+    for _ in range(run.cfg.eval_batches):
+        batch = next(stream, None)
+        if jax.process_count() > 1:
+            if not multihost_utils.process_allgather(np.int32(batch is not None)).any():
+                return
+            if batch is None:
+                batch = {k: np.zeros_like(v) for k, v in last.items()}
+        elif batch is None:
+            return
+        last = batch
+        yield batch
 
 
 def _baseline_line(extra: dict) -> str:
@@ -125,7 +144,8 @@ class _Counters:
 
 
 def _warn(message: str) -> None:
-    tqdm.write(f"warning: {message}", file=sys.stderr)
+    if distributed.is_primary():
+        tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 def _nonfinite_message(step: int, streak: int, cfg: TrainConfig, kept: int | None) -> str:
@@ -169,7 +189,15 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
     data_iter = iter(run.train_data)
     if resumed is not None:
         latest, state, data_state, meta = resumed
-        data_iter.set_state(data_state)  # the batches after that step, even after a fallback
+        local = distributed.local_data_state(data_state)
+        if local is not None:
+            data_iter.set_state(local)  # the batches after that step, even after a fallback
+        else:
+            _warn(f"checkpoint {latest} was written by {data_state['process_count']} "
+                  f"process(es) and this run has {jax.process_count()}: the params, optimizer "
+                  f"state and step carry over exactly, but a place in one host's data shard "
+                  f"does not carry over to another split of the data, so the data stream starts "
+                  f"over")
         _say(f"resumed from {checkpointer.directory}/{latest}")
     else:
         meta = {}
@@ -201,8 +229,8 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
     last: dict[str, float] = {}
     preempted = None
     with (jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES), Preemption() as preemption,
-          tqdm(total=cfg.steps, initial=start, unit="step", disable=None,
-               dynamic_ncols=True) as bar):
+          tqdm(total=cfg.steps, initial=start, unit="step",
+               disable=None if distributed.is_primary() else True, dynamic_ncols=True) as bar):
         step_fn = jit_train_step(
             make_train_step(model, task.objective(cfg), tx, schedule, cfg.grad_accum),
             shardings, mesh, batch_layout)
@@ -256,7 +284,9 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
             # save waits for the first finite step (the last and a preemption save do not).
             save_deferred = save and bool(counters.streak) and not (stop or step == cfg.steps)
             if save and not save_deferred:
-                checkpointer.save(step, state, data_iter.get_state(), counters.meta(step))
+                checkpointer.save(step, state,
+                                  distributed.gather_data_state(data_iter.get_state()),
+                                  counters.meta(step))
             if log:
                 interval_start, timed = time.perf_counter(), 0
             if stop:
@@ -268,7 +298,7 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
         _say(f"preempted ({preempted[1]}) at step {preempted[0]}: checkpoint saved; rerun the "
              f"same command to continue")
         return last
-    if last and jax.process_index() == 0:
+    if last and distributed.is_primary():
         _say(f"loss curve: {plot_curves(run.workdir, extra.get('unigram_loss'))}")
     logging.info("done: %s", last)
     return last

@@ -66,10 +66,14 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int = 0,
 
 
 class MetricsWriter:
-    """Appends one JSON object a line to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object a line to metrics.jsonl and mirrors scalars to TensorBoard. On a
+    multi-host run only process 0 writes (the metrics are global); elsewhere it does nothing."""
 
     def __init__(self, workdir: str, resume_step: int = 0):
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
         self._drop_lines_after(resume_step)
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (lives with the run)
         # Imported here: tensorboardX imports torch when it is installed, ~2 s of every start.
@@ -91,6 +95,8 @@ class MetricsWriter:
         os.replace(tmp, self.path)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **values}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
@@ -100,8 +106,9 @@ class MetricsWriter:
         self.tb.flush()
 
     def close(self) -> None:
-        self.file.close()
-        self.tb.close()
+        if self.enabled:
+            self.file.close()
+            self.tb.close()
 
 
 def _step_of(line: str) -> float:

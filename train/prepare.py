@@ -19,7 +19,7 @@ from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_toke
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError
-from train import ownership
+from train import distributed, ownership
 from train.flags import MODEL_OVERRIDES, TrainConfig, flagfile_text
 from train.optimizer import make_optimizer
 from train.tasks import Data, Task, get_task, target_len
@@ -53,24 +53,35 @@ class Run:
 
     def commit(self, extra: dict) -> None:
         """Creates the workdir and writes the tokenizer's files (tokenizer.model, or an import's
-        tokenizer.json and the special-token files beside it), config.json and flags.txt."""
+        tokenizer.json and the special-token files beside it), config.json and flags.txt.
+
+        On a multi-host run process 0 writes them, once every process has read the workdir as it
+        was (each resolved the run from it), and the others go on when they are there."""
+        distributed.barrier("meshlm: every process has read the workdir")
         try:
-            self._write(extra)
+            if distributed.is_primary():
+                self._write(extra)
         except OSError as e:  # prepare checked space and permissions; this is a race with them
             raise UserError(f"cannot write to --workdir={self.workdir} ({e.strerror}); free "
                             f"space or fix permissions, then rerun to resume") from None
+        distributed.barrier("meshlm: the workdir is written")
+        self._adopt_tokenizer(copy=False)
 
-    def _write(self, extra: dict) -> None:
-        os.makedirs(self.workdir, exist_ok=True)
+    def _adopt_tokenizer(self, copy: bool) -> None:
+        """Points the tokenizer at its files in the workdir (copying them there if `copy`)."""
         files = self.tokenizer.files  # its first file is the tokenizer's own path
         target = os.path.join(self.workdir, next(iter(files)))
         if os.path.abspath(self.tokenizer.path) != os.path.abspath(target):
             # Under the standard names, so that find_tokenizer finds them when the run resumes.
-            for name, source in files.items():
+            for name, source in files.items() if copy else ():
                 with open(source, "rb") as src:
                     _atomic_write(os.path.join(self.workdir, name), src.read())
             discard_temp_tokenizer(self.tokenizer)
             self.tokenizer.path = target
+
+    def _write(self, extra: dict) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        self._adopt_tokenizer(copy=True)
         # Rerunning flags.txt must resume this run, never delete it again.
         cfg = self.cfg.replace(overwrite=False)
         config = {"flags": cfg.to_flags(), "model": self.model.to_dict(),
@@ -121,6 +132,7 @@ def _check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
     if cfg.batch_size % jax.process_count():
         raise UserError(f"--batch_size={cfg.batch_size} must be divisible by the number of "
                         f"hosts {jax.process_count()}")
+    distributed.check_batch_split(mesh, cfg.batch_size)
 
 
 def _check_pretrained_checkpoint(cfg: TrainConfig, model: ModelConfig, mesh: Mesh) -> None:
@@ -193,10 +205,23 @@ def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
     if tokenizer is None:
         logging.info("training a %d-piece tokenizer on %s", vocab_size, cfg.data)
         directory = tempfile.mkdtemp(prefix=_TMP_PREFIX)
+        path = os.path.join(directory, "tokenizer.model")
         try:
-            tokenizer = train_tokenizer(
-                task.tokenizer_texts(data), vocab_size, os.path.join(directory, "tokenizer.model"),
-                extra_symbols=task.extra_symbols)
+            # Process 0 trains it and hands the file to the others: every host must tokenize
+            # with the very same pieces, and training it once is enough.
+            trained = None
+            if distributed.is_primary():
+                trained = train_tokenizer(task.tokenizer_texts(data), vocab_size, path,
+                                          extra_symbols=task.extra_symbols)
+            if jax.process_count() > 1:
+                model = None
+                if trained is not None:
+                    with open(path, "rb") as f:
+                        model = f.read()
+                model = distributed.broadcast_bytes(model)
+                if trained is None:
+                    _atomic_write(path, model)
+            tokenizer = trained if trained is not None else load_tokenizer(path)
         finally:
             if tokenizer is None:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -229,7 +254,7 @@ def prepare(cfg: TrainConfig) -> Run:
     base = _pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
     model_cfg = base.replace(**overrides)
     task.check_family(model_cfg.family, f"--preset={cfg.preset}")
-    mesh = sharding.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.dcn_mesh)
     _check_batch(cfg, mesh)
     workdir = os.path.abspath(cfg.workdir)
     previous = ownership.read_previous(workdir, cfg.overwrite)
@@ -251,7 +276,11 @@ def prepare(cfg: TrainConfig) -> Run:
             ownership.check_overwrite(cfg, workdir, tokenizer, discard)
             if cfg.init_from:
                 _check_pretrained_checkpoint(cfg, model_cfg, mesh)
-            ownership.delete_run(workdir, discard)
+            # Process 0 deletes, once every process has read the workdir it is about to change.
+            distributed.barrier("meshlm: every process has read the run to overwrite")
+            if distributed.is_primary():
+                ownership.delete_run(workdir, discard)
+            distributed.barrier("meshlm: the overwritten run is deleted")
     except BaseException:
         discard_temp_tokenizer(tokenizer)
         raise

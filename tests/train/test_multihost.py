@@ -1,0 +1,235 @@
+"""Two processes x 4 fake CPU devices (python -m train.launch_local) train what one process with
+8 devices trains on the same global batches: the same losses per step, the same checkpoints,
+which each restores exactly; each process reads only its own shard of the data.
+
+Each host reads its own shard of the documents, so the single-process reference is fed what the
+two hosts feed together: each global batch is host 0's rows, then host 1's (`_HostsTogether`).
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from data.corpus import load_corpus
+from data.pipeline import packed_dataset
+from data.tokenizer import load_tokenizer, train_tokenizer
+from model import sharding
+from model.config import ModelConfig
+from model.transformer import build_model
+from train import distributed
+from train.checkpoint import Checkpointer
+from train.flags import TrainConfig
+from train.loop import train
+from train.optimizer import make_optimizer
+from train.state import abstract_state
+from train.tasks import Task
+
+STEPS = 6
+FLAGS = {"preset": "tiny", "vocab_size": 512, "seq_len": 32, "batch_size": 8, "steps": STEPS,
+         "log_every": 1, "eval_every": STEPS, "eval_batches": 3, "save_every": 3,
+         "warmup_steps": 2, "learning_rate": 3e-3, "eval_fraction": 0.1}
+# Two hosts, each a 2x2 block (data x tensor); --dcn_mesh lays the hosts along data: the same
+# data=4 x tensor=2 mesh the single process builds from its 8 devices.
+TWO_HOSTS = ["--mesh=data=2,tensor=2", "--dcn_mesh=data=2"]
+ONE_HOST = "data=4,tensor=2"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A corpus of 64 documents that each start with their number, and a tokenizer for it."""
+    root = tmp_path_factory.mktemp("inputs")
+    sources = sorted(p for p in os.listdir(os.path.dirname(os.__file__)) if p.endswith(".py"))
+    for i, name in enumerate(sources[:64]):
+        with open(os.path.join(os.path.dirname(os.__file__), name), encoding="utf-8") as f:
+            (root / f"doc{i:02d}.txt").write_text(f"# document {i:02d}\n{f.read()[:2500]}")
+    corpus = str(root / "doc*.txt")
+    train_tokenizer(load_corpus(corpus).train, 512, str(root / "tok.model"))
+    return {"data": corpus, "tokenizer": str(root / "tok.model")}
+
+
+def _args(inputs, workdir, **changes) -> list[str]:
+    flags = {**FLAGS, **inputs, "workdir": workdir, **changes}
+    return [f"--{k}={v}" for k, v in flags.items()]
+
+
+def _launch(output_dir, *args) -> subprocess.CompletedProcess:
+    """python -m train.launch_local: 2 processes x 4 devices; process 1's output in output_dir."""
+    return subprocess.run([sys.executable, "-m", "train.launch_local", "--num_processes=2",
+                           "--devices_per_process=4", f"--output_dir={output_dir}", "--", *args],
+                          capture_output=True, text=True, timeout=400, check=False,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+class _HostsTogether:
+    """One process standing in for `hosts` hosts: each batch is host 0's rows, then host 1's, ...
+    (the global batch that many processes assemble); a host that has run out (held-out data)
+    gives all-padding rows until all have, as the multi-host loop does."""
+
+    def __init__(self, make, hosts: int):
+        self.make, self.hosts = make, hosts
+
+    def __iter__(self):
+        return _HostsIterator([iter(self.make(i, self.hosts)) for i in range(self.hosts)])
+
+
+class _HostsIterator:
+    def __init__(self, streams):
+        self.streams = streams
+
+    def __next__(self):
+        parts = [next(s, None) for s in self.streams]
+        if all(p is None for p in parts):
+            raise StopIteration
+        like = next(p for p in parts if p is not None)
+        parts = [p if p is not None else {k: np.zeros_like(v) for k, v in like.items()}
+                 for p in parts]
+        return {k: np.concatenate([p[k] for p in parts]) for k in like}
+
+    def get_state(self):
+        return {"hosts": [s.get_state() for s in self.streams]}
+
+    def set_state(self, state):
+        for stream, s in zip(self.streams, state["hosts"], strict=True):
+            stream.set_state(s)
+
+
+def _train_as_two_hosts(cfg: TrainConfig, restart_data: bool = False) -> None:
+    """`train(cfg)` in this process (8 devices), its data read as two hosts read it."""
+    dataset = Task.dataset
+
+    def two_hosts(self, cfg, data, tokenizer, split, process_index=0, process_count=1):
+        return _HostsTogether(lambda i, n: dataset(self, cfg, data, tokenizer, split, i, n), 2)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Task, "dataset", two_hosts)
+        if restart_data:  # as a run on another number of processes does
+            patch.setattr(distributed, "local_data_state", lambda saved: None)
+        train(cfg)
+
+
+def _metrics(workdir) -> dict[int, dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r for r in map(json.loads, f)}
+
+
+def _restore(workdir, step: int, mesh: str = "data=8"):
+    """(state on the host, data item) of checkpoint `step`, restored onto this process's mesh."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    cfg = TrainConfig(**config["flags"])
+    model = build_model(ModelConfig.from_dict(config["model"]))
+    abstract, _ = abstract_state(model, make_optimizer(cfg)[0], cfg.seed, sharding.make_mesh(mesh))
+    checkpointer = Checkpointer(workdir)
+    try:
+        state, data, _ = checkpointer.restore(step, abstract)
+    finally:
+        checkpointer.close()
+    return jax.device_get(state), data
+
+
+def _assert_close(a, b, atol: float) -> None:
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
+                            strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def runs(inputs, tmp_path_factory):
+    """The same training, in 2 processes x 4 devices and in 1 process x 8 devices."""
+    root = tmp_path_factory.mktemp("runs")
+    two = _launch(root / "logs", *_args(inputs, root / "two"), *TWO_HOSTS)
+    assert two.returncode == 0, two.stderr[-3000:]
+    _train_as_two_hosts(TrainConfig(**{**FLAGS, **inputs, "workdir": str(root / "one"),
+                                       "mesh": ONE_HOST}))
+    return {"two": root / "two", "one": root / "one", "stdout": two.stdout, "root": root}
+
+
+def test_two_processes_log_the_losses_of_one(runs):
+    two, one = _metrics(runs["two"]), _metrics(runs["one"])
+    assert sorted(two) == sorted(one) == list(range(1, STEPS + 1))  # process 0 alone writes
+    for step in two:
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-5), step
+        assert two[step]["grad_norm"] == pytest.approx(one[step]["grad_norm"], rel=1e-4), step
+    assert two[STEPS]["eval_loss"] == pytest.approx(one[STEPS]["eval_loss"], abs=1e-5)
+    assert two[1]["loss"] - two[STEPS]["loss"] > 0.1  # it trains
+    assert runs["stdout"].count(f"step {STEPS}/{STEPS}") == 1  # one console, process 0's
+    assert "--process_id" not in (runs["two"] / "flags.txt").read_text()
+
+
+def test_checkpoint_of_two_processes_restores_in_one(runs):
+    for step in (3, STEPS):
+        state_two, data_two = _restore(runs["two"], step)
+        state_one, _ = _restore(runs["one"], step)
+        _assert_close(state_two["params"], state_one["params"], atol=1e-6)
+        _assert_close(state_two["opt_state"], state_one["opt_state"], atol=1e-6)
+        assert int(state_two["step"]) == step
+        # Each process's place in its own shard, as both processes left it.
+        assert data_two["process_count"] == 2 and data_two["processes"][0] != \
+            data_two["processes"][1]
+
+
+def test_checkpoint_of_one_process_resumes_in_two(runs, inputs):
+    """Two processes resume the single-process run: its state carries over exactly, its data
+    position cannot (another split of the data), so the data stream starts over, which the
+    single process reproduces by restarting its own."""
+    two, one = runs["root"] / "resumed_two", runs["root"] / "resumed_one"
+    shutil.copytree(runs["one"], two)
+    shutil.copytree(runs["one"], one)
+    resumed = _launch(runs["root"] / "logs", *_args(inputs, two, steps=STEPS + 1), *TWO_HOSTS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {two}/checkpoints/{STEPS}" in resumed.stdout
+    assert "written by 1 process(es) and this run has 2" in resumed.stderr
+    _train_as_two_hosts(TrainConfig(**{**FLAGS, **inputs, "workdir": str(one),
+                                       "mesh": ONE_HOST, "steps": STEPS + 1}), restart_data=True)
+    step = STEPS + 1
+    assert _metrics(two)[step]["loss"] == pytest.approx(_metrics(one)[step]["loss"], abs=1e-5)
+    _assert_close(_restore(two, step)[0]["params"], _restore(one, step)[0]["params"], atol=1e-6)
+
+
+def test_each_process_reads_only_its_shard(inputs):
+    """One epoch of the training pipeline (shuffled, not repeated) for host 0 and host 1 of 2:
+    disjoint documents that together are the single-process epoch's, each seen once."""
+    texts = load_corpus(inputs["data"]).train
+    tokenizer = load_tokenizer(inputs["tokenizer"])
+
+    def documents(index: int, count: int) -> list[int]:
+        stream = packed_dataset(texts, tokenizer, length=33, batch_size=4 // count, seed=0,
+                                repeat=False, process_index=index, process_count=count)
+        text = "".join(tokenizer.decode(row) for batch in stream for row in batch["tokens"])
+        return [int(n) for n in re.findall(r"# document (\d+)\n", text)]
+
+    host0, host1, single = documents(0, 2), documents(1, 2), documents(0, 1)
+    assert len(single) == len(texts) == len(set(single))
+    assert len(host0) == len(set(host0)) and len(host1) == len(set(host1))
+    assert not set(host0) & set(host1)
+    assert sorted(host0 + host1) == sorted(single)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dcn_mesh=data=2"], "--dcn_mesh='data=2' uses 2 hosts but there are 1"),
+    (["--coordinator_address=localhost:1234"], "also needs --num_processes and --process_id"),
+    (["--distributed=false", "--process_id=1"], "--distributed=false contradicts"),
+])
+def test_bad_multihost_flags_are_one_line_exit_2(inputs, tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "train", *_args(inputs, tmp_path / "w"),
+                             *args], capture_output=True, text=True, timeout=300, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_mesh_that_does_not_split_the_batch_across_hosts_is_refused(inputs, tmp_path):
+    result = _launch(tmp_path, *_args(inputs, tmp_path / "w"), "--mesh=data=4",
+                     "--dcn_mesh=tensor=2")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "does not split the batch across hosts" in lines[0]
+    assert not (tmp_path / "w").exists()

@@ -45,9 +45,16 @@ def _reason(error: BaseException, directory: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+# What tensorstore's own errors say (they reach asyncio from C++, with no orbax frame to see).
+_TENSORSTORE_ERRORS = ("OCDBT", "tensorstore", "OUT_OF_RANGE", "FAILED_PRECONDITION",
+                       "NOT_FOUND", "DATA_LOSS", "Zstd")
+
+
 def _from_orbax(error: BaseException | None) -> bool:
     frames = traceback.extract_tb(error.__traceback__) if error is not None else []
-    return "Event loop is closed" in str(error) or any("/orbax/" in f.filename for f in frames)
+    text = str(error)
+    return ("Event loop is closed" in text or any("/orbax/" in f.filename for f in frames)
+            or any(marker in text for marker in _TENSORSTORE_ERRORS))
 
 
 class _DropOrbaxNoise(std_logging.Filter):

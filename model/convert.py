@@ -31,7 +31,6 @@ from model.hf.rules import export_tensors, import_params
 from model.transformer import build_model, init_inputs
 
 FLAGS = flags.FLAGS
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -41,14 +40,19 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
-def _fresh_dir(out: str, overwrite: bool) -> str:
-    """A temp dir beside `out` to write into; refuses an existing non-empty `out`."""
+def _check_out(out: str, overwrite: bool) -> None:
+    """Refuses an `out` that is a file, or a non-empty directory without --overwrite."""
     out = os.path.abspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out={out} is a file; name a directory to create")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise UserError(f"--out={out} exists and is not empty; choose a new directory or pass "
                         f"--overwrite")
+
+
+def _staging_dir(out: str) -> str:
+    """A temp dir beside `out` to write into, renamed into place when everything is written."""
+    out = os.path.abspath(out)
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -83,6 +87,7 @@ def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
     module, architecture = architectures.for_hf(hf, hf_dir)
     cfg = module.config_from_hf(hf, architecture, hf_dir)
     rules = module.rules(cfg, architecture)
+    _check_out(out, overwrite)
     with files.Reader(hf_dir) as reader:
         consumed: set[str] = set()
 
@@ -94,10 +99,10 @@ def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
                     return tensor
             return None
 
-        first = read(rules[0].names()[0])
-        dtype = _DTYPES.get(str(first.dtype) if first is not None else "", "float32")
+        # Params keep the checkpoint's storage dtype (the token table's, read from its header).
+        dtype = reader.dtype(rules[0].names()[0], module.BASE_PREFIX) or "float32"
         cfg = cfg.replace(param_dtype=dtype)
-        tmp = _fresh_dir(out, overwrite)
+        tmp = _staging_dir(out)
         try:
             params = import_params(rules, param_shapes(cfg), np.dtype(jax.numpy.dtype(dtype)),
                                    read, hf_dir)
@@ -178,10 +183,10 @@ def export_hf(checkpoint: str, out: str, architecture: str = "",
     objective = recorded.get("train", {}).get("objective")
     module, architecture = architectures.for_ours(
         cfg, architecture or hf_meta.get("architecture", ""), objective)
-    os.rmdir(_fresh_dir(out, overwrite))  # refuse a bad --to_hf before the slow restore
+    _check_out(out, overwrite)  # refuse a bad --to_hf before the slow restore
     params = _restore(checkpoint, cfg)
     rules = module.rules(cfg, architecture)
-    tmp = _fresh_dir(out, overwrite)
+    tmp = _staging_dir(out)
     try:
         hf_config = {**module.config_to_hf(cfg, architecture), **token_ids(hf_meta),
                      "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype}

@@ -1,20 +1,17 @@
 """Every flag file under experiments/ names only flags of `python -m train` with values of the
 right type, and every paper flag file says which paper, table, data and number it reproduces."""
 
-import dataclasses
 import pathlib
 import re
 
 import pytest
 
 from train import sweep_spec
-from train.flags import TrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 FLAG_FILES = sorted(ROOT.rglob("*.flags"))
 PAPERS = sorted(p for p in (ROOT / "papers").glob("*.flags") if not p.stem.endswith("_tiny"))
-TYPES = {f.name: (int if f.default is None else type(f.default))
-         for f in dataclasses.fields(TrainConfig)}
+TYPES = sweep_spec.field_types()
 
 
 def test_there_are_experiments():

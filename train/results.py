@@ -15,11 +15,11 @@ import os
 from absl import flags
 
 from model.errors import UserError, run_command
+from train.metrics import TASK_METRICS
 
 FLAGS = flags.FLAGS
 # Columns of every row before the swept flags and the task's metrics.
 COLUMNS = ("run", "step", "steps", "tokens_seen", "loss", "eval_loss", "best_eval_loss")
-TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu")
 
 
 def _read_jsonl(path: str) -> list[dict]:

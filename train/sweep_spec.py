@@ -39,7 +39,8 @@ class Axis:
         return float(rng.uniform(self.low, self.high))
 
 
-def _field_types() -> dict[str, type]:
+def field_types() -> dict[str, type]:
+    """TrainConfig field name -> the type of its flag's value."""
     types = {}
     for field in dataclasses.fields(TrainConfig):
         default = field.default
@@ -70,7 +71,7 @@ def parse(spec: str) -> list[Axis]:
     if not spec.strip():
         raise UserError("--sweep is empty; write e.g. --sweep='learning_rate=1e-3,3e-4;"
                         "batch_size=16,32'")
-    types, axes = _field_types(), []
+    types, axes = field_types(), []
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         name, sep, rest = part.partition("=")
         name = name.strip()

@@ -21,6 +21,8 @@ PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model")
 SENTENCEPIECE_ALIASES = ("spiece.model", "sentencepiece.bpe.model")
+# safetensors header dtypes -> ModelConfig.param_dtype.
+_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def read_config(hf_dir: str) -> dict:
@@ -77,6 +79,15 @@ class Reader(contextlib.AbstractContextManager):
 
     def names(self) -> set[str]:
         return set(self._where)
+
+    def dtype(self, name: str, prefix: str = "") -> str | None:
+        """The stored dtype of `name` (or of `name` without `prefix`) as our config spells it,
+        from the file header alone; None if absent or not a float type we keep."""
+        for candidate in (name, name.removeprefix(prefix)):
+            if candidate in self._where:
+                stored = self._handles[self._where[candidate]].get_slice(candidate).get_dtype()
+                return _DTYPES.get(stored)
+        return None
 
     def get(self, name: str) -> np.ndarray | None:
         if name not in self._where:

@@ -101,8 +101,8 @@ def import_params(rules: list[Rule], shapes: dict[str, tuple[int, ...]], dtype,
             except ValueError:
                 raise UserError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, "
                                 f"which does not fit config.json's sizes") from None
-            for path, array in zip(rule.ours, arrays, strict=True):
-                if array.shape != (slices[rule.ours.index(path)]):
+            for path, array, shape in zip(rule.ours, arrays, slices, strict=True):
+                if array.shape != shape:
                     raise UserError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, "
                                     f"which does not fit config.json's sizes")
                 if rule.layers:

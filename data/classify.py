@@ -9,7 +9,7 @@ from typing import NamedTuple
 import grain
 import numpy as np
 
-from data.examples import example_dataset, host_share, pad_row
+from data.examples import example_dataset, pad_row, shard_items
 from data.mlm import special_ids
 from data.records import fingerprint, read_records, split
 from data.stdlib_functions import stdlib_functions
@@ -147,11 +147,11 @@ def classification_dataset(
     seed: int,
     shuffle: bool = True,
     repeat: bool = True,
-    process_index: int = 0,
-    process_count: int = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
     num_threads: int = 2,
 ) -> grain.IterDataset:
-    """Batches of this host's share `examples[i::count]`, one example a row.
+    """Batches of data shard's share `examples[i::count]`, one example a row.
 
     A row is `[CLS] text [SEP]` then padding, the text cut to its first length - 2 tokens; an
     encoder classifies from the [CLS] position (0). Each element holds
@@ -165,7 +165,7 @@ def classification_dataset(
     """
     if length < 3:
         raise UserError(f"classification rows need length >= 3 ([CLS] text [SEP]), got {length}.")
-    host_examples = host_share(examples, process_index, process_count, "classification examples")
+    shard_examples = shard_items(examples, shard_index, shard_count, "classification examples")
     specials = special_ids(tokenizer)
     cls, sep = np.asarray([specials.cls], np.int32), np.asarray([specials.sep], np.int32)
 
@@ -181,12 +181,12 @@ def classification_dataset(
         }
 
     return example_dataset(
-        host_examples,
+        shard_examples,
         featurize,
         batch_size=batch_size,
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
-        process_index=process_index,
+        shard_index=shard_index,
         num_threads=num_threads,
     )

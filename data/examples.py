@@ -12,53 +12,54 @@ import numpy as np
 from model.errors import UserError
 
 Batch = dict[str, np.ndarray]
-# Turns one item into a dict of fixed-shape int32 arrays; the generator is seeded by (seed, host,
+# Turns one item into a dict of fixed-shape int32 arrays; the generator is seeded by (seed, shard,
 # position in the stream), so features are deterministic and change from epoch to epoch.
 Featurize = Callable[[Any, np.random.Generator], dict[str, np.ndarray]]
 
 
-def host_share(
-    items: Sequence[Any], process_index: int, process_count: int, what: str = "examples"
+def shard_items(
+    items: Sequence[Any], shard_index: int, shard_count: int, what: str = "examples"
 ) -> list[Any]:
-    """Host `process_index`'s share `items[process_index::process_count]`, never empty."""
-    if not 0 <= process_index < process_count:
-        raise UserError(f"process_index={process_index} must be in [0, {process_count}).")
-    share = list(items)[process_index::process_count]
+    """Data shard `shard_index`'s share `items[shard_index::shard_count]`, never empty."""
+    if not 0 <= shard_index < shard_count:
+        raise UserError(f"shard_index={shard_index} must be in [0, {shard_count}).")
+    share = list(items)[shard_index::shard_count]
     if not share:
         raise UserError(
-            f"host {process_index} of {process_count} gets no {what} out of {len(items)}; "
-            "use more data or fewer hosts."
+            f"data shard {shard_index} of {shard_count} gets no {what} out of "
+            f"{len(items)}; use more data or fewer shards (--data_shards, or hosts)."
         )
     return share
 
 
 def example_dataset(
-    host_items: Sequence[Any],
+    items: Sequence[Any],
     featurize: Featurize,
     *,
     batch_size: int,
     seed: int,
     shuffle: bool,
     repeat: bool,
-    process_index: int,
+    shard_index: int,
     num_threads: int,
 ) -> grain.IterDataset:
-    """Batches of `featurize(item, rng)` over `host_items` (this host's share, see `host_share`).
+    """Batches of `featurize(item, rng)` over `items` (one data shard's share, see
+    `shard_items`).
 
     Each element stacks the featurized dicts into arrays with a leading `batch_size` axis. With
     repeat=True the stream is infinite and reshuffled every epoch; with repeat=False it is one
     pass whose last partial batch is padded with all-zero rows so shapes stay static. The
-    featurize generator depends on (seed, process_index, position in the stream).
+    featurize generator depends on (seed, shard_index, position in the stream).
     `iter(ds).get_state()` is a small JSON-able dict that `set_state` restores exactly.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}.")
-    ds = grain.MapDataset.source(list(host_items))
+    ds = grain.MapDataset.source(list(items))
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if repeat:
         ds = ds.repeat(None)  # grain reshuffles each epoch; random_map indexes the whole stream
-    ds = ds.random_map(featurize, seed=derived_seed(seed, process_index, "featurize"))
+    ds = ds.random_map(featurize, seed=derived_seed(seed, shard_index, "featurize"))
     ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(128, 4 * batch_size))
     )
@@ -68,10 +69,10 @@ def example_dataset(
     return ds
 
 
-def derived_seed(seed: int, process_index: int, purpose: str) -> int:
-    """A 32-bit seed for one random stage on one host, independent of the shuffle seed."""
+def derived_seed(seed: int, shard_index: int, purpose: str) -> int:
+    """A 32-bit seed for one random stage of one data shard, independent of the shuffle seed."""
     tag = int.from_bytes(purpose.encode(), "little") % 2**32
-    return int(np.random.SeedSequence([seed % 2**32, process_index, tag]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed % 2**32, shard_index, tag]).generate_state(1)[0])
 
 
 def pad_batch(batch: Batch, batch_size: int) -> Batch:

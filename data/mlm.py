@@ -115,12 +115,12 @@ def mlm_dataset(
     seed: int,
     shuffle: bool = True,
     repeat: bool = True,
-    process_index: int = 0,
-    process_count: int = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
     num_threads: int = 2,
     mask_rate: float = MASK_RATE,
 ) -> grain.IterDataset:
-    """Masked-LM batches of this host's share of `texts`, packed as in `packed_dataset`.
+    """Masked-LM batches of data shard's share of `texts`, packed as in `packed_dataset`.
 
     Each element is a dict of int32[batch_size, length] arrays:
       tokens: the masked inputs (see `mask_tokens`); 0 on padding.
@@ -130,7 +130,7 @@ def mlm_dataset(
       token_types: all 0 (one sentence type).
     Chosen positions are the row's real tokens that are no special id (so never padding, the EOS
     that ends each document, or a [MASK]/[CLS]/[SEP] written in the text). The masks are a
-    function of (seed, host, batch number), so the stream is deterministic and
+    function of (seed, shard, batch number), so the stream is deterministic and
     `iter(ds).get_state()` (JSON) resumes it exactly; repeat=False keeps the padded last batch.
     """
     check_mask_rate(mask_rate)
@@ -144,8 +144,8 @@ def mlm_dataset(
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
-        process_index=process_index,
-        process_count=process_count,
+        shard_index=shard_index,
+        shard_count=shard_count,
         num_threads=num_threads,
     )
 
@@ -162,4 +162,4 @@ def mlm_dataset(
             "token_types": np.zeros_like(tokens),
         }
 
-    return ds.random_map(mask, seed=derived_seed(seed, process_index, "mlm"))
+    return ds.random_map(mask, seed=derived_seed(seed, shard_index, "mlm"))

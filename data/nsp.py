@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from data.examples import example_dataset, host_share, pad_row
+from data.examples import example_dataset, pad_row, shard_items
 from data.mlm import MASK_RATE, check_mask_rate, mask_tokens, ordinary_ids, special_ids
 from data.pipeline import CHARS_PER_TOKEN, _chunks
 from data.tokenizer import Tokenizer
@@ -20,7 +20,7 @@ MIN_LENGTH = 5  # [CLS] a [SEP] b [SEP]
 
 
 class SentencePairs:
-    """The documents of one host cut at line boundaries into chunks of about half a row.
+    """The documents of one data shard cut at line boundaries into chunks of about half a row.
 
     `firsts` are the chunks that have a next chunk in their document: each is the A of one pair.
     """
@@ -58,12 +58,12 @@ def nsp_dataset(
     seed: int,
     shuffle: bool = True,
     repeat: bool = True,
-    process_index: int = 0,
-    process_count: int = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
     num_threads: int = 2,
     mask_rate: float = MASK_RATE,
 ) -> grain.IterDataset:
-    """MLM + NSP batches of sentence pairs from this host's share `texts[i::count]`.
+    """MLM + NSP batches of sentence pairs from data shard's share `texts[i::count]`.
 
     Every chunk that has a successor in its document starts one pair per epoch. A row is
     `[CLS] A [SEP] B [SEP]` then padding; when A and B do not fit, A keeps its end and B its
@@ -76,20 +76,20 @@ def nsp_dataset(
       token_types: int32[batch_size, length], 0 on [CLS] A [SEP], 1 on B [SEP], 0 on padding.
       nsp_labels: int32[batch_size], 0 if B follows A in its document, 1 if B is random.
       nsp_weights: int32[batch_size], 1 on real rows, 0 on the padding rows of a last eval batch.
-    Labels, random Bs and masks are drawn from (seed, host, position in the stream): the stream is
+    Labels, random Bs and masks are drawn from (seed, shard, position in the stream): the stream is
     deterministic, new each epoch, and `iter(ds).get_state()` (JSON) resumes it exactly.
     """
     if length < MIN_LENGTH:
         raise UserError(f"sentence pairs need length >= {MIN_LENGTH}, got {length}.")
     check_mask_rate(mask_rate)
-    host_texts = [t for t in host_share(texts, process_index, process_count, "documents") if t]
-    if len(host_texts) < 2:
+    shard_texts = [t for t in shard_items(texts, shard_index, shard_count, "documents") if t]
+    if len(shard_texts) < 2:
         raise UserError(
-            f"host {process_index} of {process_count} gets {len(host_texts)} documents; "
+            f"data shard {shard_index} of {shard_count} gets {len(shard_texts)} documents; "
             "next-sentence pairs need at least 2 (a random B comes from another document)."
         )
     budget = length - 3
-    pairs = SentencePairs(host_texts, CHARS_PER_TOKEN * (budget // 2))
+    pairs = SentencePairs(shard_texts, CHARS_PER_TOKEN * (budget // 2))
     if not pairs.firsts:
         raise UserError(
             f"no document is longer than one chunk of ~{budget // 2} tokens, so there is no "
@@ -130,7 +130,7 @@ def nsp_dataset(
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
-        process_index=process_index,
+        shard_index=shard_index,
         num_threads=num_threads,
     )
 

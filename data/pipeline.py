@@ -24,11 +24,11 @@ def packed_dataset(
     seed: int,
     shuffle: bool = True,
     repeat: bool = True,
-    process_index: int = 0,
-    process_count: int = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
     num_threads: int = 2,
 ) -> grain.IterDataset:
-    """Packed batches of this host's share of `texts`.
+    """Packed batches of data shard's share of `texts`.
 
     Each document is cut at line boundaries into pieces of about one row, the pieces are shuffled
     and tokenized (the last piece of a document ends with EOS), then concatenated and split into
@@ -39,21 +39,21 @@ def packed_dataset(
       segment_ids: 1, 2, 3, ... per document piece in the row; 0 on padding.
       positions: 0, 1, 2, ... restarting at every segment start (so always < length); 0 on padding.
 
-    `batch_size` is the per-host batch; host `process_index` reads documents
-    `[process_index::process_count]`. With repeat=True the stream is infinite, reshuffled every
+    `batch_size` is the per-shard batch; shard `shard_index` reads documents
+    `[shard_index::shard_count]`. With repeat=True the stream is infinite, reshuffled every
     epoch, and every batch is full. With repeat=False the stream is one pass over the documents;
     its last partial batch is kept and padded with all-zero rows (segment_ids 0) so shapes stay
     static, so eval code must weight tokens by `segment_ids != 0`.
     """
     if length < 2 or batch_size < 1:
         raise UserError(f"need length >= 2 and batch_size >= 1, got {length} and {batch_size}.")
-    if not 0 <= process_index < process_count:
-        raise UserError(f"process_index={process_index} must be in [0, {process_count}).")
-    host_texts = list(texts)[process_index::process_count]
-    if not host_texts:
+    if not 0 <= shard_index < shard_count:
+        raise UserError(f"shard_index={shard_index} must be in [0, {shard_count}).")
+    shard_texts = list(texts)[shard_index::shard_count]
+    if not shard_texts:
         raise UserError(
-            f"host {process_index} of {process_count} gets no documents from a corpus of "
-            f"{len(texts)}; use a larger corpus or fewer hosts."
+            f"data shard {shard_index} of {shard_count} gets no documents from a corpus "
+            f"of {len(texts)}; use a larger corpus or fewer shards (--data_shards, or hosts)."
         )
     eos = np.asarray([tokenizer.eos_id], dtype=np.int32)
 
@@ -64,7 +64,7 @@ def packed_dataset(
 
     # Shuffle row-sized pieces, not whole documents: a 5,000-token source file would otherwise
     # fill dozens of consecutive batches and the model would see one file at a time.
-    chunks = [c for text in host_texts for c in _chunks(text, CHARS_PER_TOKEN * length)]
+    chunks = [c for text in shard_texts for c in _chunks(text, CHARS_PER_TOKEN * length)]
     ds = grain.MapDataset.source(chunks)
     if shuffle:
         ds = ds.shuffle(seed=seed)

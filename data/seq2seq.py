@@ -8,7 +8,7 @@ from typing import NamedTuple
 import grain
 import numpy as np
 
-from data.examples import example_dataset, host_share, pad_row
+from data.examples import example_dataset, pad_row, shard_items
 from data.records import fingerprint, read_records, split
 from data.stdlib_functions import stdlib_functions
 from data.tokenizer import Tokenizer
@@ -72,11 +72,11 @@ def seq2seq_dataset(
     seed: int,
     shuffle: bool = True,
     repeat: bool = True,
-    process_index: int = 0,
-    process_count: int = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
     num_threads: int = 2,
 ) -> grain.IterDataset:
-    """Encoder-decoder batches of this host's share `pairs[i::count]`, one pair a row.
+    """Encoder-decoder batches of data shard's share `pairs[i::count]`, one pair a row.
 
     The source is encoded, cut to source_length - 1 tokens (keeping its start) and ends with EOS;
     the target likewise to target_length - 1 tokens + EOS. Each element holds
@@ -93,7 +93,7 @@ def seq2seq_dataset(
         raise UserError(
             f"need source_length and target_length >= 2, got {source_length} and {target_length}."
         )
-    host_pairs = host_share(pairs, process_index, process_count, "seq2seq pairs")
+    shard_pairs = shard_items(pairs, shard_index, shard_count, "seq2seq pairs")
     bos = np.asarray([tokenizer.bos_id], np.int32)
     eos = np.asarray([tokenizer.eos_id], np.int32)
 
@@ -115,12 +115,12 @@ def seq2seq_dataset(
         }
 
     return example_dataset(
-        host_pairs,
+        shard_pairs,
         featurize,
         batch_size=batch_size,
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
-        process_index=process_index,
+        shard_index=shard_index,
         num_threads=num_threads,
     )

@@ -110,13 +110,13 @@ def span_dataset(
     target_length: int = 0,
     shuffle: bool = True,
     repeat: bool = True,
-    process_index: int = 0,
-    process_count: int = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
     num_threads: int = 2,
     noise_density: float = NOISE_DENSITY,
     mean_span_length: float = MEAN_SPAN_LENGTH,
 ) -> grain.IterDataset:
-    """Span-corruption batches of this host's share of `texts`, in the keys of
+    """Span-corruption batches of data shard's share of `texts`, in the keys of
     data/seq2seq.py `seq2seq_dataset` (so the seq2seq objective trains on them):
       encoder_tokens, encoder_segment_ids, encoder_positions: int32[batch_size, length], the kept
         tokens with a sentinel per span, then EOS; one segment per row.
@@ -124,7 +124,7 @@ def span_dataset(
         int32[batch_size, target_length]; targets = sentinel, span, sentinel, span, ..., EOS.
     Rows are the packed rows of `packed_dataset` with `raw_length(length)` tokens, corrupted as a
     whole across document boundaries (as T5 does; each document still ends in EOS).
-    `target_length` 0 takes the length a full row needs. The masks depend on (seed, host, batch
+    `target_length` 0 takes the length a full row needs. The masks depend on (seed, shard, batch
     number): deterministic, new every epoch, and `iter(ds).get_state()` (JSON) resumes exactly.
     """
     raw, needed = raw_length(length, noise_density, mean_span_length)
@@ -150,8 +150,8 @@ def span_dataset(
         seed=seed,
         shuffle=shuffle,
         repeat=repeat,
-        process_index=process_index,
-        process_count=process_count,
+        shard_index=shard_index,
+        shard_count=shard_count,
         num_threads=num_threads,
     )
 
@@ -181,4 +181,4 @@ def span_dataset(
         rows = [row(t[s > 0], rng) for t, s in zip(batch["tokens"], batch["segment_ids"])]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
-    return ds.random_map(corrupt_batch, seed=derived_seed(seed, process_index, "span"))
+    return ds.random_map(corrupt_batch, seed=derived_seed(seed, shard_index, "span"))

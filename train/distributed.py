@@ -26,6 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from data.shards import host_shards, host_state, shard_states
 from model import sharding
 from model.errors import UserError
 
@@ -210,24 +211,37 @@ def _allgather_bytes(data: bytes) -> list[bytes]:
 
 
 def gather_data_state(state: dict) -> dict:
-    """Every process's data-iterator state, for a checkpoint's one JSON `data` item (which orbax
-    writes from process 0 alone): {"process_count": P, "processes": [state of process 0, ...]}."""
+    """The state of every data shard, for a checkpoint's one JSON `data` item (which orbax writes
+    from process 0 alone): {"data_shards": S, "shards": [state of shard 0, ...]}. `state` is this
+    process's iterator state; processes read consecutive shards in process order."""
     if jax.process_count() == 1:
         states = [state]
     else:
         states = [json.loads(b) for b in _allgather_bytes(json.dumps(state).encode())]
-    return {"process_count": len(states), "processes": states}
+    shards = [s for host in states for s in shard_states(host)]
+    return {"data_shards": len(shards), "shards": shards}
 
 
-def local_data_state(saved: dict) -> dict | None:
-    """This process's iterator state from a checkpoint's `data` item, or None if another number
-    of processes wrote it: each host reads its own shard of the data, so a position in one
-    process's shard means nothing in another's."""
-    if "processes" not in saved:  # written before multi-host runs: one process's state
-        saved = {"process_count": 1, "processes": [saved]}
-    if saved["process_count"] != jax.process_count():
+def saved_shards(saved: dict) -> list[dict]:
+    """The per-shard states in a checkpoint's `data` item, in any format this code ever wrote:
+    one process's state (before multi-host runs), one state per process (before --data_shards;
+    each process then read one shard), or one per shard."""
+    if "shards" in saved and "data_shards" in saved:
+        return saved["shards"]
+    if "processes" in saved:
+        return [s for host in saved["processes"] for s in shard_states(host)]
+    return shard_states(saved)
+
+
+def local_data_state(saved: dict, shard_count: int) -> dict | None:
+    """This process's iterator state from a checkpoint's `data` item, or None if it was written
+    with another number of data shards: a place in one split of the data means nothing in
+    another."""
+    shards = saved_shards(saved)
+    if len(shards) != shard_count:
         return None
-    return saved["processes"][jax.process_index()]
+    mine = host_shards(shard_count, jax.process_index(), jax.process_count())
+    return host_state([shards[i] for i in mine])
 
 
 def check_batch_split(mesh: Mesh, batch_size: int) -> None:
@@ -241,9 +255,11 @@ def check_batch_split(mesh: Mesh, batch_size: int) -> None:
     for device, (index,) in layout.items():
         rows.setdefault(device.process_index, set()).update(range(*index.indices(batch_size)))
     share = batch_size // jax.process_count()
-    disjoint = len(set().union(*rows.values())) == batch_size
-    if not disjoint or any(len(r) != share for r in rows.values()):
-        raise UserError(f"mesh {dict(mesh.shape)} does not split the batch across hosts (each "
-                        f"host must hold its own {share} of the {batch_size} rows, since it "
-                        f"reads its own data); put the axes that cross hosts (--dcn_mesh) on "
-                        f"data or fsdp")
+    # Host p reads the data shards of rows [p * share, (p + 1) * share) (data/shards.py).
+    in_order = all(rows.get(p) == set(range(p * share, (p + 1) * share))
+                   for p in range(jax.process_count()))
+    if not in_order:
+        raise UserError(f"mesh {dict(mesh.shape)} does not split the batch across hosts (host "
+                        f"p must hold rows [p * {share}, (p + 1) * {share}) of the {batch_size}, "
+                        f"since it reads its own data shards); put the axes that cross hosts "
+                        f"(--dcn_mesh) on data or fsdp")

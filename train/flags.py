@@ -50,6 +50,12 @@ class TrainConfig:
     seq_len: int = _f(256, "Tokens per training sequence.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step (gradient accumulation).")
     seed: int = _f(0, "Seed for init, data order and any randomness of the objective.")
+    data_shards: int = _f(0, "Split the data stream into this many shards, each with its own "
+                             "documents and seeds; a process reads --data_shards / processes "
+                             "of them. 0: one per process. Fixed, it makes the batches (and so "
+                             "the loss curve) the same on any number of processes that divides "
+                             "it, and lets a checkpoint's data position carry over between "
+                             "them. Must divide --batch_size.")
     mesh: str = _f("", "Device mesh, e.g. data=2,fsdp=-1,tensor=2 (one -1 takes the remaining "
                        "devices); empty puts every device on data. With --dcn_mesh it splits "
                        "the devices of one host (TPU: one slice).")

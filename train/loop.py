@@ -34,7 +34,7 @@ from train.step import (
     make_eval_step,
     make_train_step,
 )
-from train.tasks import spread
+from train.tasks import data_shards, spread
 
 
 def _say(message: str) -> None:
@@ -189,15 +189,18 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
     data_iter = iter(run.train_data)
     if resumed is not None:
         latest, state, data_state, meta = resumed
-        local = distributed.local_data_state(data_state)
+        shards = data_shards(cfg, jax.process_count())
+        local = distributed.local_data_state(data_state, shards)
         if local is not None:
             data_iter.set_state(local)  # the batches after that step, even after a fallback
         else:
-            _warn(f"checkpoint {latest} was written by {data_state['process_count']} "
-                  f"process(es) and this run has {jax.process_count()}: the params, optimizer "
-                  f"state and step carry over exactly, but a place in one host's data shard "
-                  f"does not carry over to another split of the data, so the data stream starts "
-                  f"over")
+            written = len(distributed.saved_shards(data_state))
+            _warn(f"checkpoint {latest} was written with {written} data shard(s) and this run "
+                  f"reads {shards} (--data_shards, default one per process): the params, "
+                  f"optimizer state and step carry over exactly, but a place in one split of "
+                  f"the data does not carry over to another, so the data stream starts over"
+                  + (f"; --data_shards={written} would continue it"
+                     if written % jax.process_count() == 0 else ""))
         _say(f"resumed from {checkpointer.directory}/{latest}")
     else:
         meta = {}

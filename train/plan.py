@@ -263,20 +263,20 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     from train.metrics import train_flops_per_token
     from train.optimizer import make_optimizer
     from train.prepare import (  # prepare's own checks: a plan refuses what a run would
-        _check_batch,
-        _check_numbers,
-        _pretrained_model,
-        _read_pretrained,
+        check_batch,
+        check_numbers,
+        pretrained_model,
+        read_pretrained,
     )
     from train.state import abstract_state
     from train.step import batch_shardings, jit_train_step, make_train_step
     from train.tasks import get_task, target_len
 
-    _check_numbers(cfg)
+    check_numbers(cfg)
     task = get_task(cfg.objective)
     tx, schedule = make_optimizer(cfg)
-    pretrained = _read_pretrained(cfg, task)
-    base = _pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
+    pretrained = read_pretrained(cfg, task)
+    base = pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
     model_cfg = base.replace(**{name: getattr(cfg, name) for name in MODEL_OVERRIDES})
     task.check_family(model_cfg.family, f"--preset={cfg.preset}")
     if cfg.tokenizer and cfg.vocab_size is None and not pretrained:  # as prepare sizes it
@@ -287,7 +287,7 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
                              axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES))
     else:
         mesh = sharding.make_mesh(cfg.mesh)
-    _check_batch(cfg, mesh)
+    check_batch(cfg, mesh)
     data = synthetic_data(task, cfg)
     model_cfg = task.resolve_model(model_cfg, cfg, data)
 

@@ -15,6 +15,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from data.hf_tokenizer import HFTokenizer
+from data.shards import ShardedBatches, host_shards
 from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig, get_preset
@@ -22,7 +23,7 @@ from model.errors import UserError
 from train import distributed, ownership
 from train.flags import MODEL_OVERRIDES, TrainConfig, flagfile_text
 from train.optimizer import make_optimizer
-from train.tasks import Data, Task, get_task, target_len
+from train.tasks import Data, Task, data_shards, get_task, target_len
 
 _TMP_PREFIX = "meshlm-tokenizer-"
 POSITIVE = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "eval_batches",
@@ -43,8 +44,8 @@ class Run:
     tokenizer: Tokenizer | HFTokenizer
     workdir: str
     previous: dict | None  # config.json of an earlier run in this workdir
-    train_data: grain.IterDataset  # this host's batches; endless, checkpointable
-    eval_data: grain.IterDataset  # this host's held-out batches; one pass, in order
+    train_data: grain.IterDataset | ShardedBatches  # this host's batches; endless, checkpointable
+    eval_data: grain.IterDataset | ShardedBatches  # this host's held-out batches; one pass, in order
 
     @property
     def target_len(self) -> int:
@@ -104,7 +105,7 @@ def _atomic_write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _check_numbers(cfg: TrainConfig) -> None:
+def check_numbers(cfg: TrainConfig) -> None:
     for name in POSITIVE:
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
@@ -112,8 +113,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise UserError(f"--seq_len must be at least 2, got {cfg.seq_len}")
     if cfg.learning_rate < 0 or cfg.warmup_steps < 0 or cfg.eval_every < 0:
         raise UserError("--learning_rate, --warmup_steps and --eval_every must not be negative")
-    if cfg.target_len < 0 or cfg.num_classes < 0 or cfg.bleu_examples < 0:
-        raise UserError("--target_len, --num_classes and --bleu_examples must not be negative")
+    if cfg.target_len < 0 or cfg.num_classes < 0 or cfg.bleu_examples < 0 or cfg.data_shards < 0:
+        raise UserError("--target_len, --num_classes, --bleu_examples and --data_shards must not "
+                        "be negative")
     if not 0.0 < cfg.mask_rate < 1.0:
         raise UserError(f"--mask_rate must be in (0, 1), got {cfg.mask_rate}; BERT uses 0.15")
     if not 0.0 < cfg.noise_density < 1.0 or cfg.mean_span_length < 1.0:
@@ -123,7 +125,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise UserError(f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
 
 
-def _check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
+def check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
     shards = sharding.batch_shards(mesh)
     if cfg.batch_size % (shards * cfg.grad_accum):
         raise UserError(f"--batch_size={cfg.batch_size} must be divisible by the data-parallel "
@@ -132,6 +134,11 @@ def _check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
     if cfg.batch_size % jax.process_count():
         raise UserError(f"--batch_size={cfg.batch_size} must be divisible by the number of "
                         f"hosts {jax.process_count()}")
+    shards = data_shards(cfg, jax.process_count())
+    host_shards(shards, jax.process_index(), jax.process_count())  # a multiple of the hosts
+    if cfg.batch_size % shards:
+        raise UserError(f"--batch_size={cfg.batch_size} must be divisible by --data_shards="
+                        f"{shards} (each data shard gives the same number of rows a batch)")
     distributed.check_batch_split(mesh, cfg.batch_size)
 
 
@@ -146,7 +153,7 @@ def _check_pretrained_checkpoint(cfg: TrainConfig, model: ModelConfig, mesh: Mes
     match_pretrained(cfg.init_from, abstract["params"])
 
 
-def _read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
+def read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
     """config.json of the --init_from run; --objective=classify requires one."""
     if not cfg.init_from:
         if task.name == "classify":
@@ -170,7 +177,7 @@ def _read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
     return pretrained
 
 
-def _pretrained_model(cfg: TrainConfig, pretrained: dict) -> ModelConfig:
+def pretrained_model(cfg: TrainConfig, pretrained: dict) -> ModelConfig:
     try:
         return ModelConfig.from_dict(pretrained["model"])
     except (TypeError, ValueError) as e:
@@ -244,18 +251,18 @@ def prepare(cfg: TrainConfig) -> Run:
     if not cfg.workdir:
         raise UserError("--workdir is required: the directory for this run's checkpoints and "
                         "metrics")
-    _check_numbers(cfg)
+    check_numbers(cfg)
     task = get_task(cfg.objective)
     make_optimizer(cfg)  # refuses unknown optimizers and schedules
     overrides = {name: getattr(cfg, name) for name in MODEL_OVERRIDES}
-    pretrained = _read_pretrained(cfg, task)
+    pretrained = read_pretrained(cfg, task)
     # Fine-tuning starts from the pretrained model as it is (an imported one matches no preset);
     # size flags may restate it, and _check_same_model refuses them if they change its shapes.
-    base = _pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
+    base = pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
     model_cfg = base.replace(**overrides)
     task.check_family(model_cfg.family, f"--preset={cfg.preset}")
     mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.dcn_mesh)
-    _check_batch(cfg, mesh)
+    check_batch(cfg, mesh)
     workdir = os.path.abspath(cfg.workdir)
     previous = ownership.read_previous(workdir, cfg.overwrite)
     discard = ownership.run_files(workdir) if cfg.overwrite else []

@@ -18,6 +18,7 @@ from data.mlm import mlm_dataset, special_ids
 from data.nsp import nsp_dataset
 from data.pipeline import packed_dataset
 from data.seq2seq import Seq2SeqTask, seq2seq_dataset, seq2seq_task
+from data.shards import ShardedBatches, host_shards
 from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
 from data.tokenizer import BERT_SYMBOLS, Tokenizer
 from data.unigram import unigram_loss
@@ -88,15 +89,24 @@ class Task:
         return model
 
     def dataset(self, cfg: TrainConfig, data: Data, tokenizer: Tokenizer, split: str,
-                process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                process_index: int = 0, process_count: int = 1) -> grain.IterDataset | ShardedBatches:
         """This host's batches of the "train" split (shuffled, endless) or "eval" (one pass in
-        a fixed order, the last batch padded with rows of weight 0). Held-out examples are listed
-        in file order, so they are shuffled once (by --seed) to make any first --eval_batches a
-        fair sample; held-out text stays in order (its documents are already spread by hash)."""
+        a fixed order, the last batch padded with rows of weight 0): the rows of the data shards
+        it reads (data/shards.py; --data_shards, default one per process). Held-out examples are
+        listed in file order, so they are shuffled once (by --seed) to make any first
+        --eval_batches a fair sample; held-out text stays in order (its documents are already
+        spread by hash)."""
+        count = data_shards(cfg, process_count)
+        streams = [self._shard(cfg, data, tokenizer, split, index, count)
+                   for index in host_shards(count, process_index, process_count)]
+        return streams[0] if len(streams) == 1 else ShardedBatches(streams)
+
+    def _shard(self, cfg: TrainConfig, data: Data, tokenizer: Tokenizer, split: str,
+               shard_index: int, shard_count: int) -> grain.IterDataset:
         train = split == "train"
-        common = {"batch_size": cfg.batch_size // process_count, "seed": cfg.seed,
+        common = {"batch_size": cfg.batch_size // shard_count, "seed": cfg.seed,
                   "shuffle": train or self.kind != "text", "repeat": train,
-                  "process_index": process_index, "process_count": process_count}
+                  "shard_index": shard_index, "shard_count": shard_count}
         items = data.train if train else data.eval
         if self.name == "clm":
             return packed_dataset(items, tokenizer, length=cfg.seq_len + 1, **common)
@@ -139,6 +149,11 @@ def spread(items: list, n: int) -> list:
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
+
+
+def data_shards(cfg: TrainConfig, process_count: int) -> int:
+    """How many shards the data stream is split into: --data_shards, or one per process."""
+    return cfg.data_shards or process_count
 
 
 def target_len(task: Task, cfg: TrainConfig) -> int:

@@ -96,8 +96,8 @@ def test_hosts_split_the_examples(bert_tokenizer: Tokenizer, stdlib_task):
 
     def rows(index: int) -> list[tuple[int, tuple]]:
         ds = classification_dataset(examples, bert_tokenizer, length=LENGTH, batch_size=4, seed=0,
-                                    shuffle=False, repeat=False, process_index=index,
-                                    process_count=2)
+                                    shuffle=False, repeat=False, shard_index=index,
+                                    shard_count=2)
         return [(int(b["labels"][r]), tuple(b["tokens"][r])) for b in ds for r in range(4)
                 if b["label_weights"][r]]
 

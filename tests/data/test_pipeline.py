@@ -120,7 +120,7 @@ def test_hosts_see_disjoint_documents(small_tokenizer: Tokenizer):
     eos = tok.eos_id
 
     def documents(index: int) -> set[str]:
-        ds = _dataset(tok, shuffle=False, repeat=False, process_index=index, process_count=2)
+        ds = _dataset(tok, shuffle=False, repeat=False, shard_index=index, shard_count=2)
         stream = np.concatenate(
             [r[s > 0] for b in ds for r, s in zip(b["tokens"], b["segment_ids"])]
         )
@@ -150,8 +150,8 @@ def test_bad_arguments_raise_user_error(small_tokenizer: Tokenizer):
             length=8,
             batch_size=1,
             seed=0,
-            process_index=1,
-            process_count=2,
+            shard_index=1,
+            shard_count=2,
         )
     with pytest.raises(UserError, match="length"):
         packed_dataset(DOCS, small_tokenizer, length=1, batch_size=1, seed=0)

@@ -115,4 +115,4 @@ def test_bad_lengths_raise_user_error(bert_tokenizer: Tokenizer):
                         batch_size=1, seed=0)
     with pytest.raises(UserError, match="gets no seq2seq pairs"):
         seq2seq_dataset([Pair("a", "b")], bert_tokenizer, source_length=8, target_length=8,
-                        batch_size=1, seed=0, process_index=1, process_count=2)
+                        batch_size=1, seed=0, shard_index=1, shard_count=2)

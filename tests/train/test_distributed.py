@@ -145,13 +145,22 @@ def test_dcn_mesh_on_one_process():
         sharding.hybrid_grid("", "data=2", [FakeDevice(i, int(i >= 6)) for i in range(8)])
 
 
-def test_checkpoint_data_item_holds_every_process_state():
+def test_checkpoint_data_item_holds_every_shard_state():
     state = {"parent_state": {"next_index": 5}}
+    other = {"parent_state": {"next_index": 7}}
     saved = distributed.gather_data_state(state)
-    assert saved == {"process_count": 1, "processes": [state]}
-    assert distributed.local_data_state(saved) == state
-    assert distributed.local_data_state(state) == state  # a checkpoint from before multi-host
-    assert distributed.local_data_state({"process_count": 2, "processes": [state, state]}) is None
+    assert saved == {"data_shards": 1, "shards": [state]}
+    assert distributed.local_data_state(saved, 1) == state
+    assert distributed.local_data_state(saved, 2) is None  # another split of the data
+    # One process reading two shards keeps both places; one process of one shard its own.
+    two = distributed.gather_data_state({"shards": [state, other]})
+    assert two == {"data_shards": 2, "shards": [state, other]}
+    assert distributed.local_data_state(two, 2) == {"shards": [state, other]}
+    # Formats written before: one process's state, and one state per process (one shard each).
+    assert distributed.local_data_state(state, 1) == state
+    legacy = {"process_count": 2, "processes": [state, other]}
+    assert distributed.local_data_state(legacy, 2) == {"shards": [state, other]}
+    assert distributed.local_data_state(legacy, 1) is None
 
 
 def test_launcher_sets_devices_and_refuses_flags_it_owns():

@@ -1,9 +1,10 @@
 """Two processes x 4 fake CPU devices (python -m train.launch_local) train what one process with
-8 devices trains on the same global batches: the same losses per step, the same checkpoints,
-which each restores exactly; each process reads only its own shard of the data.
+8 devices trains: the same losses per step, the same checkpoints, which each restores exactly,
+and a checkpoint of either resumes in the other with its place in the data; each process reads
+only its own shard of the data.
 
-Each host reads its own shard of the documents, so the single-process reference is fed what the
-two hosts feed together: each global batch is host 0's rows, then host 1's (`_HostsTogether`).
+Both runs split the data into --data_shards=2 (data/shards.py): the two processes read one
+shard each, the single process reads both, and the global batches are the same.
 """
 
 import json
@@ -23,18 +24,17 @@ from data.tokenizer import load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig
 from model.transformer import build_model
-from train import distributed
 from train.checkpoint import Checkpointer
 from train.flags import TrainConfig
 from train.loop import train
 from train.optimizer import make_optimizer
 from train.state import abstract_state
-from train.tasks import Task
+from train.tasks import get_task
 
 STEPS = 6
 FLAGS = {"preset": "tiny", "vocab_size": 512, "seq_len": 32, "batch_size": 8, "steps": STEPS,
          "log_every": 1, "eval_every": STEPS, "eval_batches": 3, "save_every": 3,
-         "warmup_steps": 2, "learning_rate": 3e-3, "eval_fraction": 0.1}
+         "warmup_steps": 2, "learning_rate": 3e-3, "eval_fraction": 0.1, "data_shards": 2}
 # Two hosts, each a 2x2 block (data x tensor); --dcn_mesh lays the hosts along data: the same
 # data=4 x tensor=2 mesh the single process builds from its 8 devices.
 TWO_HOSTS = ["--mesh=data=2,tensor=2", "--dcn_mesh=data=2"]
@@ -67,51 +67,10 @@ def _launch(output_dir, *args) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
-class _HostsTogether:
-    """One process standing in for `hosts` hosts: each batch is host 0's rows, then host 1's, ...
-    (the global batch that many processes assemble); a host that has run out (held-out data)
-    gives all-padding rows until all have, as the multi-host loop does."""
-
-    def __init__(self, make, hosts: int):
-        self.make, self.hosts = make, hosts
-
-    def __iter__(self):
-        return _HostsIterator([iter(self.make(i, self.hosts)) for i in range(self.hosts)])
-
-
-class _HostsIterator:
-    def __init__(self, streams):
-        self.streams = streams
-
-    def __next__(self):
-        parts = [next(s, None) for s in self.streams]
-        if all(p is None for p in parts):
-            raise StopIteration
-        like = next(p for p in parts if p is not None)
-        parts = [p if p is not None else {k: np.zeros_like(v) for k, v in like.items()}
-                 for p in parts]
-        return {k: np.concatenate([p[k] for p in parts]) for k in like}
-
-    def get_state(self):
-        return {"hosts": [s.get_state() for s in self.streams]}
-
-    def set_state(self, state):
-        for stream, s in zip(self.streams, state["hosts"], strict=True):
-            stream.set_state(s)
-
-
-def _train_as_two_hosts(cfg: TrainConfig, restart_data: bool = False) -> None:
-    """`train(cfg)` in this process (8 devices), its data read as two hosts read it."""
-    dataset = Task.dataset
-
-    def two_hosts(self, cfg, data, tokenizer, split, process_index=0, process_count=1):
-        return _HostsTogether(lambda i, n: dataset(self, cfg, data, tokenizer, split, i, n), 2)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Task, "dataset", two_hosts)
-        if restart_data:  # as a run on another number of processes does
-            patch.setattr(distributed, "local_data_state", lambda saved: None)
-        train(cfg)
+def _train_one(inputs, workdir, **changes) -> None:
+    """`train` in this process: 8 devices, the data shards of both hosts."""
+    train(TrainConfig(**{**FLAGS, **inputs, "workdir": str(workdir), "mesh": ONE_HOST,
+                         **changes}))
 
 
 def _metrics(workdir) -> dict[int, dict]:
@@ -146,8 +105,7 @@ def runs(inputs, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     two = _launch(root / "logs", *_args(inputs, root / "two"), *TWO_HOSTS)
     assert two.returncode == 0, two.stderr[-3000:]
-    _train_as_two_hosts(TrainConfig(**{**FLAGS, **inputs, "workdir": str(root / "one"),
-                                       "mesh": ONE_HOST}))
+    _train_one(inputs, root / "one")
     return {"two": root / "two", "one": root / "one", "stdout": two.stdout, "root": root}
 
 
@@ -158,6 +116,7 @@ def test_two_processes_log_the_losses_of_one(runs):
         assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-5), step
         assert two[step]["grad_norm"] == pytest.approx(one[step]["grad_norm"], rel=1e-4), step
     assert two[STEPS]["eval_loss"] == pytest.approx(one[STEPS]["eval_loss"], abs=1e-5)
+    assert two[STEPS]["eval_tokens"] == one[STEPS]["eval_tokens"]
     assert two[1]["loss"] - two[STEPS]["loss"] > 0.1  # it trains
     assert runs["stdout"].count(f"step {STEPS}/{STEPS}") == 1  # one console, process 0's
     assert "--process_id" not in (runs["two"] / "flags.txt").read_text()
@@ -166,31 +125,74 @@ def test_two_processes_log_the_losses_of_one(runs):
 def test_checkpoint_of_two_processes_restores_in_one(runs):
     for step in (3, STEPS):
         state_two, data_two = _restore(runs["two"], step)
-        state_one, _ = _restore(runs["one"], step)
+        state_one, data_one = _restore(runs["one"], step)
         _assert_close(state_two["params"], state_one["params"], atol=1e-6)
         _assert_close(state_two["opt_state"], state_one["opt_state"], atol=1e-6)
         assert int(state_two["step"]) == step
-        # Each process's place in its own shard, as both processes left it.
-        assert data_two["process_count"] == 2 and data_two["processes"][0] != \
-            data_two["processes"][1]
+        # The place in each shard, whichever processes read it.
+        assert data_two == data_one and data_two["data_shards"] == 2
+        assert data_two["shards"][0] != data_two["shards"][1]
 
 
-def test_checkpoint_of_one_process_resumes_in_two(runs, inputs):
-    """Two processes resume the single-process run: its state carries over exactly, its data
-    position cannot (another split of the data), so the data stream starts over, which the
-    single process reproduces by restarting its own."""
-    two, one = runs["root"] / "resumed_two", runs["root"] / "resumed_one"
-    shutil.copytree(runs["one"], two)
-    shutil.copytree(runs["one"], one)
-    resumed = _launch(runs["root"] / "logs", *_args(inputs, two, steps=STEPS + 1), *TWO_HOSTS)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {two}/checkpoints/{STEPS}" in resumed.stdout
-    assert "written by 1 process(es) and this run has 2" in resumed.stderr
-    _train_as_two_hosts(TrainConfig(**{**FLAGS, **inputs, "workdir": str(one),
-                                       "mesh": ONE_HOST, "steps": STEPS + 1}), restart_data=True)
+def _continue(inputs, processes: str, workdir, steps: int) -> None:
+    """Resumes the run in `workdir` up to `steps` in "one" process or "two"."""
+    if processes == "one":
+        _train_one(inputs, workdir, steps=steps)
+        return
+    result = _launch(workdir.parent / "logs", *_args(inputs, workdir, steps=steps), *TWO_HOSTS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {workdir}/checkpoints/" in result.stdout
+    assert "data stream starts over" not in result.stderr
+
+
+@pytest.mark.parametrize("writer,resumer", [("one", "two"), ("two", "one")])
+def test_checkpoint_resumes_on_the_other_process_count(runs, inputs, writer, resumer):
+    """A run resumed on the other number of processes takes one more step exactly as the
+    processes that wrote it would have: state and place in the data both carry over."""
+    resumed = runs["root"] / f"{writer}_in_{resumer}"
+    reference = runs["root"] / f"{writer}_continued"
+    shutil.copytree(runs[writer], resumed)
+    shutil.copytree(runs[writer], reference)
     step = STEPS + 1
-    assert _metrics(two)[step]["loss"] == pytest.approx(_metrics(one)[step]["loss"], abs=1e-5)
-    _assert_close(_restore(two, step)[0]["params"], _restore(one, step)[0]["params"], atol=1e-6)
+    _continue(inputs, resumer, resumed, step)
+    _continue(inputs, writer, reference, step)
+    assert _metrics(resumed)[step]["loss"] == pytest.approx(_metrics(reference)[step]["loss"],
+                                                            abs=1e-5)
+    _assert_close(_restore(resumed, step)[0]["params"], _restore(reference, step)[0]["params"],
+                  atol=1e-6)
+
+
+def test_another_data_split_restarts_the_data_and_says_so(runs, inputs, capsys):
+    """Resumed with one data shard, the run written with two keeps its state (step, params) but
+    starts the data over, and says how to continue it instead."""
+    workdir = runs["root"] / "one_shard"
+    shutil.copytree(runs["one"], workdir)
+    _train_one(inputs, workdir, steps=STEPS + 1, data_shards=0)
+    err = capsys.readouterr().err
+    assert "written with 2 data shard(s) and this run reads 1" in err
+    assert "--data_shards=2 would continue it" in err
+    assert sorted(_metrics(workdir)) == list(range(1, STEPS + 2))
+
+
+def test_one_process_reads_the_global_batches_of_two(inputs):
+    """The train stream with --data_shards=2: one process's batches are, row for row, host 0's
+    rows then host 1's."""
+    cfg = TrainConfig(**{**FLAGS, **inputs, "workdir": "unused"})
+    task = get_task("clm")
+    data = task.load_data(cfg)
+    tokenizer = load_tokenizer(inputs["tokenizer"])
+    one = iter(task.dataset(cfg, data, tokenizer, "train"))
+    hosts = [iter(task.dataset(cfg, data, tokenizer, "train", i, 2)) for i in range(2)]
+    for _ in range(3):
+        together = [next(h) for h in hosts]
+        batch = next(one)
+        for key, rows in batch.items():
+            assert rows.shape[0] == cfg.batch_size
+            np.testing.assert_array_equal(rows, np.concatenate([t[key] for t in together]))
+    # Without --data_shards, one process reads the data as one shard: other batches.
+    single = next(iter(task.dataset(cfg.replace(data_shards=0), data, tokenizer, "train")))
+    assert not np.array_equal(single["tokens"], next(iter(
+        task.dataset(cfg, data, tokenizer, "train")))["tokens"])
 
 
 def test_each_process_reads_only_its_shard(inputs):
@@ -201,7 +203,7 @@ def test_each_process_reads_only_its_shard(inputs):
 
     def documents(index: int, count: int) -> list[int]:
         stream = packed_dataset(texts, tokenizer, length=33, batch_size=4 // count, seed=0,
-                                repeat=False, process_index=index, process_count=count)
+                                repeat=False, shard_index=index, shard_count=count)
         text = "".join(tokenizer.decode(row) for batch in stream for row in batch["tokens"])
         return [int(n) for n in re.findall(r"# document (\d+)\n", text)]
 

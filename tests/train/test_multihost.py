@@ -174,6 +174,27 @@ def test_another_data_split_restarts_the_data_and_says_so(runs, inputs, capsys):
     assert sorted(_metrics(workdir)) == list(range(1, STEPS + 2))
 
 
+def test_seq2seq_with_bleu_over_an_overwritten_run(runs, inputs):
+    """Two processes start a seq2seq run over an earlier (causal-LM) run with --overwrite, and
+    evaluate BLEU by decoding together: the losses, held-out loss and BLEU of one process."""
+    seq2seq = {"preset": "tiny_t5", "objective": "seq2seq", "data": "stdlib", "tokenizer": "",
+               "steps": 4, "eval_every": 4, "eval_batches": 2, "bleu_examples": 4,
+               "warmup_steps": 1, "overwrite": True}
+    two = runs["root"] / "seq2seq_two"
+    shutil.copytree(runs["one"], two)
+    result = _launch(runs["root"] / "logs", *_args(inputs, two, **seq2seq), *TWO_HOSTS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (two / "checkpoints" / str(STEPS)).exists()  # the earlier run is gone
+    one = runs["root"] / "seq2seq_one"
+    _train_one(inputs, one, **seq2seq)
+    two, one = _metrics(two), _metrics(one)
+    assert sorted(two) == sorted(one) == [1, 2, 3, 4]
+    for step in two:
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-5), step
+    assert two[4]["eval_loss"] == pytest.approx(one[4]["eval_loss"], abs=1e-5)
+    assert two[4]["bleu"] == pytest.approx(one[4]["bleu"], abs=1e-6)
+
+
 def test_one_process_reads_the_global_batches_of_two(inputs):
     """The train stream with --data_shards=2: one process's batches are, row for row, host 0's
     rows then host 1's."""

@@ -22,9 +22,14 @@ from model.layers import dtype_of
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array]:
+    """The empty cache; with an int8 KV cache (--quant=int8_kv) int8 keys and values plus one
+    float32 scale per token and head (model/attention.py write_cache)."""
     shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.resolved_head_dim)
-    zeros = jnp.zeros(shape, dtype_of(cfg.dtype))
-    return {"k": zeros, "v": zeros}
+    if not cfg.int8_kv:
+        zeros = jnp.zeros(shape, dtype_of(cfg.dtype))
+        return {"k": zeros, "v": zeros}
+    zeros, ones = jnp.zeros(shape, jnp.int8), jnp.ones(shape[:-1] + (1,), jnp.float32)
+    return {"k": zeros, "v": zeros, "k_scale": ones, "v_scale": ones}
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from model import quant
 from model.config import ModelConfig
 from model.layers import constrain, default_init, dtype_of
 
@@ -94,46 +95,65 @@ def write_cache(cache: dict[str, Array], k: Array, v: Array, index: Array) -> di
     out [batch, kv_heads, cache_len, head_dim], the layout decode reads without transposing.
 
     A cache with a "layer" entry holds every layer ([layers, batch, ...], see
-    `model/blocks.py`): only the new slots of that layer are written, in place.
+    `model/blocks.py`): only the new slots of that layer are written, in place. An int8 cache
+    (with "k_scale", "v_scale": [..., cache_len, 1]) stores each token's key and value of each
+    head as int8 with one scale (model/quant.py).
     """
+    new = {"k": k.swapaxes(1, 2), "v": v.swapaxes(1, 2)}
+    if "k_scale" in cache:
+        for name in ("k", "v"):
+            new[name], new[f"{name}_scale"] = quant.quantize(new[name], (-1,))
     if "layer" not in cache:
         return {name: jax.lax.dynamic_update_slice(
-            cache[name], new.swapaxes(1, 2).astype(cache[name].dtype), (0, 0, index, 0))
-            for name, new in (("k", k), ("v", v))}
+            cache[name], value.astype(cache[name].dtype), (0, 0, index, 0))
+            for name, value in new.items()}
     layer = cache["layer"]
     return {"layer": layer, **{name: jax.lax.dynamic_update_slice(
-        cache[name], new.swapaxes(1, 2)[None].astype(cache[name].dtype), (layer, 0, 0, index, 0))
-        for name, new in (("k", k), ("v", v))}}
+        cache[name], value[None].astype(cache[name].dtype), (layer, 0, 0, index, 0))
+        for name, value in new.items()}}
 
 
-def read_cache(cache: dict[str, Array], name: str) -> Array:
-    """This layer's [batch, kv_heads, cache_len, head_dim] keys or values."""
+def read_cache(cache: dict[str, Array], name: str) -> Array | None:
+    """This layer's [batch, kv_heads, cache_len, head_dim] keys or values (or, for an int8
+    cache, their "k_scale" / "v_scale"; None for a float cache)."""
+    if name not in cache:
+        return None
     if "layer" not in cache:
         return cache[name]
     return jax.lax.dynamic_index_in_dim(cache[name], cache["layer"], keepdims=False)
 
 
 def cached_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None,
-                     scale: float | None = None) -> Array:
+                     scale: float | None = None, k_scale: Array | None = None,
+                     v_scale: Array | None = None) -> Array:
     """q: [batch, q_len, heads, head_dim] over cached k, v: [batch, kv_heads, kv_len, head_dim];
     mask: bool[batch, q_len, kv_len]; bias: [batch | 1, heads, q_len, kv_len] or None; scale:
-    of the logits (default head_dim**-0.5). Returns [batch, q_len, heads, head_dim].
+    of the logits (default head_dim**-0.5); k_scale, v_scale ([batch, kv_heads, kv_len, 1]):
+    of an int8 cache. Returns [batch, q_len, heads, head_dim].
 
     Two einsums in the cache's own layout. A decode step's cost is reading the cache once;
     handing it to jax.nn.dot_product_attention, whose operands are [batch, length, heads,
-    head_dim], makes XLA transpose (copy) the whole cache of every layer at every step.
+    head_dim], makes XLA transpose (copy) the whole cache of every layer at every step. An int8
+    cache's per-token scales are applied to the scores and the probabilities (a key's scale
+    multiplies its whole score, a value's its weight), so no float copy of it is made.
     """
     b, length, heads, hd = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads  # query head n uses kv head n // group, as dot_product_attention
     scale = hd ** -0.5 if scale is None else scale
     q = q.reshape(b, length, kv_heads, group, hd) * jnp.asarray(scale, q.dtype)
-    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32)
+    if k_scale is not None:
+        scores *= k_scale[:, :, None, None, :, 0]
     if bias is not None:
         scores += bias.reshape(bias.shape[0], kv_heads, group, *bias.shape[2:]).astype(jnp.float32)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgqs,bksd->bqkgd", probs, v).reshape(b, length, heads, hd)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if v_scale is not None:
+        probs *= v_scale[:, :, None, None, :, 0]
+    return jnp.einsum("bkgqs,bksd->bqkgd", probs.astype(q.dtype),
+                      v.astype(q.dtype)).reshape(b, length, heads, hd)
 
 
 class Attention(nn.Module):
@@ -142,17 +162,17 @@ class Attention(nn.Module):
     config: ModelConfig
     causal: bool = True
 
-    def _kernel(self, name: str, shape: tuple[int, ...], axes: tuple[str, ...]) -> Array:
-        kernel = self.param(name, nn.with_logical_partitioning(default_init, axes), shape,
-                            dtype_of(self.config.param_dtype))
-        return kernel.astype(dtype_of(self.config.dtype))
+    def _kernel(self, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
+                contract: int) -> Array | quant.Int8Kernel:
+        return quant.kernel(self, name, default_init, shape, axes, contract, self.config)
 
     def _project(self, x: Array, name: str, heads: int, heads_axis: str,
                  length_axis: str = "length") -> Array:
         cfg = self.config
         d, hd = cfg.d_model, cfg.resolved_head_dim
-        kernel = self._kernel(f"{name}_kernel", (d, heads, hd), ("embed", heads_axis, "head_dim"))
-        y = jnp.einsum("ble,ehd->blhd", x, kernel)
+        kernel = self._kernel(f"{name}_kernel", (d, heads, hd), ("embed", heads_axis, "head_dim"),
+                              1)
+        y = quant.matmul(x, kernel, 1, "ble,ehd->blhd")
         if cfg.use_bias:
             bias = self.param(f"{name}_bias", nn.with_logical_partitioning(
                 nn.initializers.zeros, (heads_axis, "head_dim")), (heads, hd),
@@ -181,8 +201,8 @@ class Attention(nn.Module):
         cfg = self.config
         out = constrain(out, "batch", "length", "heads", "head_dim")
         kernel = self._kernel("out_kernel", (cfg.num_heads, cfg.resolved_head_dim, cfg.d_model),
-                              ("heads", "head_dim", "embed"))
-        y = jnp.einsum("blhd,hde->ble", out, kernel)
+                              ("heads", "head_dim", "embed"), 2)
+        y = quant.matmul(out, kernel, 2, "blhd,hde->ble")
         if cfg.use_bias:
             out_bias = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                            ("embed",)),
@@ -213,8 +233,9 @@ class Attention(nn.Module):
         q_slots = cache_index + jnp.arange(x.shape[1])
         mask = (segment_ids[:, :, None] == kv_segments[:, None, :]) & (
             jnp.arange(kv_segments.shape[1])[None, None, :] <= q_slots[None, :, None])
-        out = cached_attention(q, read_cache(cache, "k").astype(q.dtype),
-                               read_cache(cache, "v").astype(q.dtype), mask, bias, self.scale)
+        out = cached_attention(q, read_cache(cache, "k"), read_cache(cache, "v"), mask, bias,
+                               self.scale, read_cache(cache, "k_scale"),
+                               read_cache(cache, "v_scale"))
         return self._output(out), cache
 
 

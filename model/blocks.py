@@ -93,7 +93,7 @@ class CarriedCacheBlock(Block):
         x, cache, layer = carry
         x, cache = super().__call__(x, positions, segment_ids, {**cache, "layer": layer},
                                     cache_index, kv_segments)
-        return (x, {"k": cache["k"], "v": cache["v"]}, layer + 1), None
+        return (x, {k: v for k, v in cache.items() if k != "layer"}, layer + 1), None
 
 
 def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers",

@@ -18,6 +18,8 @@ POSITIONS = ("learned", "rope", "sinusoidal", "relative")  # relative: T5's buck
 ATTENTION_BACKENDS = ("xla", "cudnn", "auto")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+# Inference only (model/quant.py): int8 weights, an int8 KV cache, or both.
+QUANT_MODES = ("none", "int8", "int8_kv", "int8+int8_kv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +62,21 @@ class ModelConfig:
     # Final hidden states times d_model**-0.5 before the output projection (T5 v1.0, whose
     # embedding table is shared between input and output).
     scale_output: bool = False
+    # Inference only: int8 weights ("int8"), an int8 KV cache ("int8_kv") or both; see
+    # model/quant.py. A quantized model is not trained.
+    quant: str = "none"
 
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def int8_weights(self) -> bool:
+        return self.quant in ("int8", "int8+int8_kv")
+
+    @property
+    def int8_kv(self) -> bool:
+        return self.quant in ("int8_kv", "int8+int8_kv")
 
     @property
     def decoder_layers(self) -> int:
@@ -84,7 +97,7 @@ class ModelConfig:
     def validated(self) -> "ModelConfig":
         choices = {"family": FAMILIES, "norm": NORMS, "activation": ACTIVATIONS,
                    "positions": POSITIONS, "attention": ATTENTION_BACKENDS, "remat": REMAT_POLICIES,
-                   "dtype": DTYPES, "param_dtype": DTYPES}
+                   "dtype": DTYPES, "param_dtype": DTYPES, "quant": QUANT_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name}={getattr(self, name)} is not one of {', '.join(allowed)}")

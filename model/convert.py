@@ -40,7 +40,7 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
-def _check_out(out: str, overwrite: bool) -> None:
+def check_out(out: str, overwrite: bool) -> None:
     """Refuses an `out` that is a file, or a non-empty directory without --overwrite."""
     out = os.path.abspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
@@ -50,7 +50,7 @@ def _check_out(out: str, overwrite: bool) -> None:
                         f"--overwrite")
 
 
-def _staging_dir(out: str) -> str:
+def staging_dir(out: str) -> str:
     """A temp dir beside `out` to write into, renamed into place when everything is written."""
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
@@ -61,14 +61,14 @@ def _staging_dir(out: str) -> str:
         raise UserError(f"cannot write beside --out={out} ({e.strerror})") from None
 
 
-def _move_into_place(tmp: str, out: str) -> None:
+def move_into_place(tmp: str, out: str) -> None:
     out = os.path.abspath(out)
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.replace(tmp, out)
 
 
-def _copy_tokenizer(src: str, dst: str, aliases: tuple[str, ...] = ()) -> list[str]:
+def copy_tokenizer(src: str, dst: str, aliases: tuple[str, ...] = ()) -> list[str]:
     """Copies the tokenizer files present in `src`; `aliases` (T5's spiece.model) become
     tokenizer.model. Returns the names written."""
     copied = []
@@ -87,7 +87,7 @@ def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
     module, architecture = architectures.for_hf(hf, hf_dir)
     cfg = module.config_from_hf(hf, architecture, hf_dir)
     rules = module.rules(cfg, architecture)
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     with files.Reader(hf_dir) as reader:
         consumed: set[str] = set()
 
@@ -102,20 +102,20 @@ def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
         # Params keep the checkpoint's storage dtype (the token table's, read from its header).
         dtype = reader.dtype(rules[0].names()[0], module.BASE_PREFIX) or "float32"
         cfg = cfg.replace(param_dtype=dtype)
-        tmp = _staging_dir(out)
+        tmp = staging_dir(out)
         try:
             params = import_params(rules, param_shapes(cfg), np.dtype(jax.numpy.dtype(dtype)),
                                    read, hf_dir)
             ignored = sorted(n for n in reader.names() - consumed
                              if not any(re.fullmatch(p, n) for p in module.IGNORED))
-            _write_model_dir(tmp, cfg, params, {"architecture": architecture,
-                                                "source": os.path.abspath(hf_dir),
-                                                **_token_ids(hf_dir, hf, module)})
-            tokenizer = _copy_tokenizer(hf_dir, tmp, files.SENTENCEPIECE_ALIASES)
+            write_model_dir(tmp, cfg, params, {"architecture": architecture,
+                                               "source": os.path.abspath(hf_dir),
+                                               **_token_ids(hf_dir, hf, module)})
+            tokenizer = copy_tokenizer(hf_dir, tmp, files.SENTENCEPIECE_ALIASES)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    _move_into_place(tmp, out)
+    move_into_place(tmp, out)
     return {"architecture": architecture, "params": sum(p.size for p in params.values()),
             "dtype": dtype, "tokenizer": tokenizer, "unused_tensors": ignored}
 
@@ -136,7 +136,7 @@ def _token_ids(hf_dir: str, hf: dict, module) -> dict[str, int]:
     return ids
 
 
-def _write_model_dir(path: str, cfg: ModelConfig, params: dict[str, np.ndarray],
+def write_model_dir(path: str, cfg: ModelConfig, params: dict[str, np.ndarray],
                      hf: dict) -> None:
     """config.json + checkpoints/0 with the params (the state item `restore_params` reads)."""
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
@@ -149,7 +149,7 @@ def _write_model_dir(path: str, cfg: ModelConfig, params: dict[str, np.ndarray],
     manager.close()
 
 
-def _read_ours(checkpoint: str) -> tuple[ModelConfig, dict]:
+def read_ours(checkpoint: str) -> tuple[ModelConfig, dict]:
     path = os.path.join(checkpoint, "config.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -162,7 +162,7 @@ def _read_ours(checkpoint: str) -> tuple[ModelConfig, dict]:
         raise UserError(f"{path} is unreadable ({e}); restore it or retrain") from None
 
 
-def _restore(checkpoint: str, cfg: ModelConfig) -> dict:
+def restore_flat(checkpoint: str, cfg: ModelConfig) -> dict:
     """The latest checkpoint's params, flat, on one device (no copy per device of a mesh)."""
     # train/ sits above model/ in the import graph; only this command needs it.
     from train.checkpoint import restore_params
@@ -178,26 +178,26 @@ def _restore(checkpoint: str, cfg: ModelConfig) -> dict:
 def export_hf(checkpoint: str, out: str, architecture: str = "",
               max_shard_bytes: int = 5 << 30, overwrite: bool = False) -> dict:
     """Our workdir or converted model -> a HF model directory at `out`."""
-    cfg, recorded = _read_ours(checkpoint)
+    cfg, recorded = read_ours(checkpoint)
     hf_meta = recorded.get("hf", {})
     objective = recorded.get("train", {}).get("objective")
     module, architecture = architectures.for_ours(
         cfg, architecture or hf_meta.get("architecture", ""), objective)
-    _check_out(out, overwrite)  # refuse a bad --to_hf before the slow restore
-    params = _restore(checkpoint, cfg)
+    check_out(out, overwrite)  # refuse a bad --to_hf before the slow restore
+    params = restore_flat(checkpoint, cfg)
     rules = module.rules(cfg, architecture)
-    tmp = _staging_dir(out)
+    tmp = staging_dir(out)
     try:
         hf_config = {**module.config_to_hf(cfg, architecture), **token_ids(hf_meta),
                      "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype}
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2)
         written = files.write_safetensors(tmp, export_tensors(rules, params), max_shard_bytes)
-        tokenizer = _copy_tokenizer(checkpoint, tmp)
+        tokenizer = copy_tokenizer(checkpoint, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _move_into_place(tmp, out)
+    move_into_place(tmp, out)
     exported = {p for r in rules for p in r.ours}
     return {"architecture": architecture, "files": written, "tokenizer": tokenizer,
             "not_exported": sorted(set(params) - exported)}

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from model import quant
 from model.config import GATED, ModelConfig
 
 Array = jax.Array
@@ -52,25 +53,42 @@ class Norm(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding table `[vocab, embed]`; `attend` reuses it as the tied output projection."""
+    """Token embedding table `[vocab, embed]`; `attend` reuses it as the tied output projection.
+    With int8 weights each vocabulary row has its own scale (model/quant.py)."""
 
     config: ModelConfig
 
     def setup(self):
         cfg = self.config
-        self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(default_init, ("vocab", "embed")),
-            (cfg.vocab_size, cfg.d_model), dtype_of(cfg.param_dtype))
+        if cfg.int8_weights:
+            self.embedding = self._int8_table()
+        else:
+            self.embedding = self.param(
+                "embedding", nn.with_logical_partitioning(default_init, ("vocab", "embed")),
+                (cfg.vocab_size, cfg.d_model), dtype_of(cfg.param_dtype))
+
+    def _int8_table(self) -> quant.Int8Kernel:
+        cfg = self.config
+        q = self.param("embedding", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                 ("vocab", "embed")),
+                       (cfg.vocab_size, cfg.d_model), jnp.int8)
+        scale = self.param("embedding_scale", nn.with_logical_partitioning(
+            nn.initializers.ones, ("vocab", None)), (cfg.vocab_size, 1), jnp.float32)
+        return quant.Int8Kernel(q, scale)
 
     def __call__(self, tokens: Array) -> Array:
         """tokens: int32[batch, length] -> float[batch, length, embed]."""
-        x = jnp.take(self.embedding, tokens, axis=0).astype(dtype_of(self.config.dtype))
+        x = quant.embedding_rows(self.embedding, tokens).astype(dtype_of(self.config.dtype))
         return constrain(x, "batch", "length", "embed")
 
     def attend(self, x: Array) -> Array:
         """x: [batch, length, embed] -> logits [batch, length, vocab]."""
-        table = self.embedding.astype(dtype_of(self.config.dtype))
-        return jnp.einsum("ble,ve->blv", x, table)
+        table = self.embedding
+        if isinstance(table, quant.Int8Kernel):
+            logits = quant.int8_dot(x.reshape(-1, x.shape[-1]), table.q, table.scale[:, 0],
+                                    transposed=True)
+            return logits.reshape(*x.shape[:-1], -1).astype(x.dtype)
+        return jnp.einsum("ble,ve->blv", x, table.astype(dtype_of(self.config.dtype)))
 
 
 class PositionEmbed(nn.Module):
@@ -128,15 +146,15 @@ def embed_inputs(cfg: ModelConfig, embed: Embed, tokens: Array, positions: Array
     return constrain(x, "batch", "length", "embed")
 
 
-def lm_head(module: nn.Module, cfg: ModelConfig) -> Array | None:
+def lm_head(module: nn.Module, cfg: ModelConfig) -> Array | quant.Int8Kernel | None:
     """The untied output projection `[embed, vocab]` as a param of `module` (None when tied)."""
     if cfg.tie_embeddings:
         return None
-    return module.param("lm_head", nn.with_logical_partitioning(default_init, ("embed", "vocab")),
-                        (cfg.d_model, cfg.vocab_size), dtype_of(cfg.param_dtype))
+    return quant.kernel(module, "lm_head", default_init, (cfg.d_model, cfg.vocab_size),
+                        ("embed", "vocab"), 1, cfg)
 
 
-def to_logits(embed: Embed, x: Array, head: Array | None) -> Array:
+def to_logits(embed: Embed, x: Array, head: Array | quant.Int8Kernel | None) -> Array:
     """x: [batch, length, embed] -> float32 logits [batch, length, vocab], through the tied
     embedding table or the untied `head` from `lm_head`."""
     if embed.config.scale_output:
@@ -144,7 +162,7 @@ def to_logits(embed: Embed, x: Array, head: Array | None) -> Array:
     if head is None:
         logits = embed.attend(x)
     else:
-        logits = jnp.einsum("ble,ev->blv", x, head.astype(x.dtype))
+        logits = quant.matmul(x, head, 1, "ble,ev->blv")
     return constrain(logits.astype(jnp.float32), "batch", "length", "vocab")
 
 
@@ -158,9 +176,9 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        kernel = self.param("kernel", nn.with_logical_partitioning(default_init, self.axes),
-                            (x.shape[-1], self.features), dtype_of(cfg.param_dtype))
-        y = jnp.einsum("...i,io->...o", x, kernel.astype(dtype_of(cfg.dtype)))
+        kernel = quant.kernel(self, "kernel", default_init, (x.shape[-1], self.features),
+                              self.axes, 1, cfg)
+        y = quant.matmul(x, kernel, 1, "...i,io->...o")
         if cfg.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                    (self.axes[1],)),

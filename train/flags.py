@@ -84,11 +84,23 @@ class TrainConfig:
     objective: str = _f("clm", "Training objective: clm (causal LM, decoder), mlm or mlm_nsp "
                                "(BERT pretraining, encoder), classify (fine-tune an encoder; "
                                "needs --init_from), seq2seq (source -> target, encoder_decoder), "
-                               "span (T5 span corruption, encoder_decoder).")
+                               "span (T5 span corruption, encoder_decoder), distill (learn from "
+                               "the logits of --teacher; its family's clm or mlm data).")
     init_from: str = _f("", "Workdir or converted model (python -m model.convert) to start "
                             "from: its model config and params (the optimizer starts fresh); its "
                             "tokenizer is used unless --tokenizer is set. Params the checkpoint "
                             "lacks (a new class head) start fresh.")
+    teacher: str = _f("", "distill: the teacher, a training workdir or converted model "
+                          "(python -m model.convert) whose logits the student learns from. Its "
+                          "family picks the data and loss: decoder -> clm batches, encoder -> "
+                          "mlm batches (an encoder_decoder is refused). The student (--preset "
+                          "and size flags) must be of that family and share its vocab_size; "
+                          "it uses the teacher's tokenizer unless --tokenizer is set.")
+    distill_temperature: float = _f(2.0, "distill: softmax temperature T (> 0) of both models' "
+                                         "logits in the KL term, which is scaled by T^2 "
+                                         "(Hinton et al. 2015); the eval distill_kl is at T = 1.")
+    distill_alpha: float = _f(0.5, "distill: weight in [0, 1] of the KL to the teacher; the "
+                                   "cross-entropy with the data's labels weighs 1 - alpha.")
     # Data.
     data: str = _f("stdlib", "Training data: 'stdlib' (this Python's standard library: source "
                              "text; for seq2seq function code -> docstring; for classify which "

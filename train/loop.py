@@ -47,13 +47,24 @@ def _global_batch(local: dict[str, np.ndarray], shardings) -> dict[str, jax.Arra
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
 
 
+def _step_batch(run: Run, local: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
+    """The global batch a step reads: the data's arrays and what `run.annotate` adds to them."""
+    batch = _global_batch(local, shardings)
+    return run.annotate(batch) if run.annotate is not None else batch
+
+
 def _batch_layout(run: Run) -> tuple[dict, dict]:
     """(shardings, abstract global arrays) of a batch, by key; shapes are read off the first
-    held-out batch (every batch of a stream has the same shapes)."""
+    held-out batch (every batch of a stream has the same shapes), with the arrays
+    `run.annotate` adds."""
     example = next(iter(run.eval_data))
-    shardings = batch_shardings(run.mesh, example)
-    abstract = {k: jax.ShapeDtypeStruct((run.cfg.batch_size, *v.shape[1:]), v.dtype,
-                                        sharding=shardings[k]) for k, v in example.items()}
+    shapes = {k: jax.ShapeDtypeStruct((run.cfg.batch_size, *v.shape[1:]), v.dtype)
+              for k, v in example.items()}
+    if run.annotate is not None:
+        shapes = jax.eval_shape(run.annotate, shapes)
+    shardings = batch_shardings(run.mesh, shapes)
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
+                for k, v in shapes.items()}
     return shardings, abstract
 
 
@@ -74,7 +85,7 @@ def evaluate(run: Run, eval_fn, params, shardings, bleu: Bleu | None = None) -> 
     each other statistic (accuracy, ...) as its sum over its count, and BLEU if asked."""
     sums: dict[str, list[float]] = {}
     for batch in _eval_batches(run):
-        stats = jax.device_get(eval_fn(params, _global_batch(batch, shardings)))
+        stats = jax.device_get(eval_fn(params, _step_batch(run, batch, shardings)))
         for name, (total, count) in stats.items():
             sums.setdefault(name, [0.0, 0.0])
             sums[name][0] += float(total)
@@ -248,7 +259,7 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
         pending, timed, save_deferred = [], 0, False
         interval_start = time.perf_counter()
         for step in range(start + 1, cfg.steps + 1):
-            state, step_metrics = compiled(state, _global_batch(next(data_iter), batch_layout))
+            state, step_metrics = compiled(state, _step_batch(run, next(data_iter), batch_layout))
             pending.append(step_metrics)
             timed += 1
             bar.update(1)

@@ -20,7 +20,7 @@ PEAK_FLOPS = {
 # makes CPU MFU comparable between runs on one machine, not with accelerators.
 CPU_PEAK_FLOPS_PER_CORE = 1e11
 # Eval metrics beyond the loss that the console line shows when a task reports them.
-TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu")
+TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu", "distill_kl")
 
 
 def peak_flops(devices: list | None = None) -> float:

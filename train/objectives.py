@@ -41,17 +41,22 @@ def _accuracy(logits: Array, targets: Array) -> Array:
 
 # Causal LM (decoder).
 
-def clm_stats(model, params, batch: Batch) -> Stats:
-    """Packed rows of length seq_len + 1: predict token t+1 from tokens <= t.
+def clm_predictions(model, params, batch: Batch) -> tuple[Array, Array, Array]:
+    """(logits float[batch, seq_len, vocab], targets, weights) of packed rows of length
+    seq_len + 1: predict token t+1 from tokens <= t.
 
-    Targets that start a new document (or fall in padding) are not scored, so packing several
+    Targets that start a new document (or fall in padding) weigh 0, so packing several
     documents in a row never asks the model to guess one document's start from another.
     """
     tokens, segments = batch["tokens"], batch["segment_ids"]
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     in_seg, out_seg = segments[:, :-1], segments[:, 1:]
     logits = model.apply({"params": params}, inputs, batch["positions"][:, :-1], in_seg)
-    weights = (in_seg == out_seg) & (out_seg != 0)
+    return logits, targets, (in_seg == out_seg) & (out_seg != 0)
+
+
+def clm_stats(model, params, batch: Batch) -> Stats:
+    logits, targets, weights = clm_predictions(model, params, batch)
     return {"loss": _weighted(_cross_entropy(logits, targets), weights)}
 
 
@@ -71,6 +76,11 @@ def _mlm_terms(out: dict[str, Array], batch: Batch) -> Stats:
     logits, targets, weights = out["logits"], batch["targets"], batch["weights"]
     return {"loss": _weighted(_cross_entropy(logits, targets), weights),
             "mlm_accuracy": _weighted(_accuracy(logits, targets), weights)}
+
+
+def mlm_predictions(model, params, batch: Batch) -> tuple[Array, Array, Array]:
+    """(logits float[batch, seq_len, vocab], targets, weights): the masked positions weigh 1."""
+    return _encode(model, params, batch)["logits"], batch["targets"], batch["weights"]
 
 
 def mlm_stats(model, params, batch: Batch) -> Stats:
@@ -143,3 +153,46 @@ def seq2seq(model, params, batch: Batch, rng: Array, label_smoothing: float = 0.
     logits = _seq2seq_logits(model, params, batch)
     losses = _cross_entropy(logits, batch["decoder_targets"], label_smoothing)
     return _weighted(losses, batch["decoder_weights"])
+
+
+# Knowledge distillation (Hinton et al. 2015): clm or mlm batches that also carry the teacher's
+# logits at the student's positions, float32[batch, seq_len, vocab] "teacher_logits" (added by
+# train/distill.py). `predict` is clm_predictions or mlm_predictions, so both models are scored
+# at the same positions.
+
+Predict = Callable[..., tuple[Array, Array, Array]]
+
+
+def _kl(teacher_logits: Array, student_logits: Array, temperature: float = 1.0) -> Array:
+    """Per-position KL(softmax(teacher / T) || softmax(student / T)) in nats."""
+    teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
+    student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
+    return jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+
+
+def distill(model, params, batch: Batch, rng: Array, predict: Predict, temperature: float = 2.0,
+            alpha: float = 0.5) -> tuple[Array, Array]:
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels), summed over
+    the predicted positions. The T^2 keeps the soft term's gradients the size of the hard term's
+    whatever T is (their scale falls as 1/T^2)."""
+    del rng
+    logits, targets, weights = predict(model, params, batch)
+    soft = _kl(batch["teacher_logits"], logits, temperature)
+    hard = _cross_entropy(logits, targets)
+    return _weighted(alpha * temperature**2 * soft + (1.0 - alpha) * hard, weights)
+
+
+def distill_stats(model, params, batch: Batch, predict: Predict, accuracy: str = "") -> Stats:
+    """The student's plain cross-entropy as "loss" (so eval_loss compares with a clm or mlm run),
+    its KL to the teacher at T = 1 as "distill_kl", and its token accuracy under the name the
+    base objective reports it by (`accuracy`; "" for none)."""
+    logits, targets, weights = predict(model, params, batch)
+    stats = {"loss": _weighted(_cross_entropy(logits, targets), weights),
+             "distill_kl": _weighted(_kl(batch["teacher_logits"], logits), weights)}
+    if accuracy:
+        stats[accuracy] = _weighted(_accuracy(logits, targets), weights)
+    return stats
+
+
+# The base objective whose batches and positions a distilled family reads.
+PREDICTIONS: dict[str, Predict] = {"clm": clm_predictions, "mlm": mlm_predictions}

@@ -273,6 +273,10 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     from train.tasks import get_task, target_len
 
     check_numbers(cfg)
+    if cfg.objective == "distill":  # its step also reads the teacher's logits and params
+        raise UserError("train.plan does not plan --objective=distill; plan the student with "
+                        "--objective=clm (decoder) or mlm (encoder), then add a float32 "
+                        "[batch, seq_len, vocab] array per step and the teacher's params")
     task = get_task(cfg.objective)
     tx, schedule = make_optimizer(cfg)
     pretrained = read_pretrained(cfg, task)

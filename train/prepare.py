@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import grain
 import jax
@@ -21,9 +22,10 @@ from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError
 from train import distributed, ownership
+from train.distill import Teacher, check_student, read_teacher
 from train.flags import MODEL_OVERRIDES, TrainConfig, flagfile_text
 from train.optimizer import make_optimizer
-from train.tasks import Data, Task, data_shards, get_task, target_len
+from train.tasks import Data, Task, data_shards, distill_task, get_task, target_len
 
 _TMP_PREFIX = "meshlm-tokenizer-"
 POSITIVE = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "eval_batches",
@@ -46,6 +48,9 @@ class Run:
     previous: dict | None  # config.json of an earlier run in this workdir
     train_data: grain.IterDataset | ShardedBatches  # this host's batches; endless, checkpointable
     eval_data: grain.IterDataset | ShardedBatches  # this host's held-out batches; one pass, in order
+    # What the objective reads besides the data, added to every global batch (train and eval)
+    # before the step: the teacher's logits for distill; None for every other objective.
+    annotate: Callable[[dict], dict] | None = None
 
     @property
     def target_len(self) -> int:
@@ -123,6 +128,12 @@ def check_numbers(cfg: TrainConfig) -> None:
                         f"{cfg.noise_density} and {cfg.mean_span_length}; T5 uses 0.15 and 3")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserError(f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not cfg.distill_temperature > 0.0:
+        raise UserError(f"--distill_temperature must be positive, got {cfg.distill_temperature}; "
+                        f"Hinton et al. use 1 to 20")
+    if not 0.0 <= cfg.distill_alpha <= 1.0:
+        raise UserError(f"--distill_alpha must be in [0, 1] (the weight of the KL to the "
+                        f"teacher), got {cfg.distill_alpha}")
 
 
 def check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
@@ -174,6 +185,10 @@ def read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is unreadable ({e}); point --init_from at another run") from None
     task.check_family(family, f"--init_from={cfg.init_from}")
+    if pretrained["model"].get("quant", "none") != "none":
+        raise UserError(f"--init_from={cfg.init_from} is a quantized model (--quant="
+                        f"{pretrained['model']['quant']}), which cannot be trained; start from "
+                        f"the float model it was quantized from")
     return pretrained
 
 
@@ -186,7 +201,7 @@ def pretrained_model(cfg: TrainConfig, pretrained: dict) -> ModelConfig:
 
 
 def _check_same_model(model: ModelConfig, pretrained: dict, cfg: TrainConfig) -> None:
-    theirs = pretrained["model"]
+    theirs = ModelConfig.from_dict(pretrained["model"]).to_dict()  # fields added since: defaults
     changed = sorted(k for k, v in model.to_dict().items()
                      if k not in _COMPUTE_ONLY and theirs.get(k) != v)
     if changed:
@@ -207,6 +222,11 @@ def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
         _check_same_tokenizer(cfg, tokenizer)
     if tokenizer is None and cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
+    if tokenizer is None and cfg.teacher:  # the teacher's logits are over its own pieces
+        tokenizer = find_tokenizer(cfg.teacher)
+        if tokenizer is None:
+            raise UserError(f"--teacher={cfg.teacher} has no tokenizer files; the student must "
+                            f"read the teacher's: pass them as --tokenizer")
     if tokenizer is None and cfg.init_from:
         tokenizer = find_tokenizer(cfg.init_from)
     if tokenizer is None:
@@ -252,7 +272,8 @@ def prepare(cfg: TrainConfig) -> Run:
         raise UserError("--workdir is required: the directory for this run's checkpoints and "
                         "metrics")
     check_numbers(cfg)
-    task = get_task(cfg.objective)
+    teacher = read_teacher(cfg)  # distill's task is that of the teacher's family
+    task = distill_task(teacher.family) if teacher else get_task(cfg.objective)
     make_optimizer(cfg)  # refuses unknown optimizers and schedules
     overrides = {name: getattr(cfg, name) for name in MODEL_OVERRIDES}
     pretrained = read_pretrained(cfg, task)
@@ -260,6 +281,10 @@ def prepare(cfg: TrainConfig) -> Run:
     # size flags may restate it, and _check_same_model refuses them if they change its shapes.
     base = pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
     model_cfg = base.replace(**overrides)
+    if teacher:  # a student has the teacher's vocabulary unless the flags say otherwise
+        if cfg.vocab_size is None and not pretrained:
+            model_cfg = model_cfg.replace(vocab_size=teacher.vocab_size)
+        check_student(cfg, model_cfg, teacher)
     task.check_family(model_cfg.family, f"--preset={cfg.preset}")
     mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.dcn_mesh)
     check_batch(cfg, mesh)
@@ -274,11 +299,15 @@ def prepare(cfg: TrainConfig) -> Run:
             raise UserError(f"tokenizer {tokenizer.path!r} has no end-of-sequence token; name "
                             f"one as eos_token in the tokenizer_config.json beside it")
         task.check_tokenizer(tokenizer)
-        model_cfg = _resolve_model(cfg, task, data, tokenizer, model_cfg, pretrained, previous)
+        model_cfg = _resolve_model(cfg, task, data, tokenizer, model_cfg, pretrained, previous,
+                                   sized=teacher is not None)
         ownership.check_space(cfg, workdir, model_cfg)
         hosts = {"process_index": jax.process_index(), "process_count": jax.process_count()}
         train_data = task.dataset(cfg, data, tokenizer, "train", **hosts)
         eval_data = task.dataset(cfg, data, tokenizer, "eval", **hosts)
+        # Its params are read last of all checks (they take time and memory), yet before an
+        # --overwrite deletes anything: a teacher that does not load refuses the run.
+        annotate = Teacher(cfg.teacher, teacher, mesh).annotate if teacher else None
         if discard:  # last: only a run that passed every check may delete the earlier one
             ownership.check_overwrite(cfg, workdir, tokenizer, discard)
             if cfg.init_from:
@@ -298,15 +327,17 @@ def prepare(cfg: TrainConfig) -> Run:
                         previous["corpus"].get("source"), previous["corpus"].get("python"),
                         data.fingerprint["python"])
     return Run(cfg=cfg, task=task, model=model_cfg, mesh=mesh, data=data, tokenizer=tokenizer,
-               workdir=workdir, previous=previous, train_data=train_data, eval_data=eval_data)
+               workdir=workdir, previous=previous, train_data=train_data, eval_data=eval_data,
+               annotate=annotate)
 
 
 def _resolve_model(cfg: TrainConfig, task: Task, data: Data, tokenizer: Tokenizer | HFTokenizer,
                    model_cfg: ModelConfig, pretrained: dict | None,
-                   previous: dict | None) -> ModelConfig:
+                   previous: dict | None, sized: bool = False) -> ModelConfig:
     """The model's vocab and task settings, checked against the tokenizer, the --init_from model
-    and the model of the run already in the workdir."""
-    if cfg.vocab_size is None and not pretrained:
+    and the model of the run already in the workdir. `sized`: its vocab_size is already set (a
+    distilled student's is its teacher's)."""
+    if cfg.vocab_size is None and not pretrained and not sized:
         model_cfg = model_cfg.replace(vocab_size=tokenizer.vocab_size)
     elif model_cfg.vocab_size < tokenizer.vocab_size:
         raise UserError(f"the model's vocab_size={model_cfg.vocab_size} is smaller than the "

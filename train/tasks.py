@@ -41,6 +41,7 @@ class Task:
     extra_symbols: tuple[str, ...] = ()  # tokenizer pieces its batches need
     loss_options: Callable[[TrainConfig], dict] = lambda cfg: {}
     lm_head: bool = True  # whether the loss reads the vocabulary logits (for the FLOP count)
+    reads: str = ""  # the task whose data and batches it reads when not its own (distill)
 
     def objective(self, cfg: TrainConfig) -> Callable:
         return functools.partial(self.loss, **self.loss_options(cfg))
@@ -108,17 +109,18 @@ class Task:
                   "shuffle": train or self.kind != "text", "repeat": train,
                   "shard_index": shard_index, "shard_count": shard_count}
         items = data.train if train else data.eval
-        if self.name == "clm":
+        batches = self.reads or self.name
+        if batches == "clm":
             return packed_dataset(items, tokenizer, length=cfg.seq_len + 1, **common)
-        if self.name == "mlm":
+        if batches == "mlm":
             return mlm_dataset(items, tokenizer, length=cfg.seq_len, mask_rate=cfg.mask_rate,
                                **common)
-        if self.name == "mlm_nsp":
+        if batches == "mlm_nsp":
             return nsp_dataset(items, tokenizer, length=cfg.seq_len, mask_rate=cfg.mask_rate,
                                **common)
-        if self.name == "classify":
+        if batches == "classify":
             return classification_dataset(items, tokenizer, length=cfg.seq_len, **common)
-        if self.name == "seq2seq":
+        if batches == "seq2seq":
             return seq2seq_dataset(items, tokenizer, source_length=cfg.seq_len,
                                    target_length=target_len(self, cfg), **common)
         return span_dataset(items, tokenizer, length=cfg.seq_len, target_length=cfg.target_len,
@@ -197,7 +199,34 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 )}
 
 
+# --objective=distill trains its teacher's family on the batches of that family's pretraining
+# task, with the same positions scored (train/objectives.py: distill). Encoder-decoders (their
+# seq2seq and span batches) are not wired up.
+DISTILLED = {"decoder": "clm", "encoder": "mlm"}
+_ACCURACY = {"clm": "", "mlm": "mlm_accuracy"}  # the token accuracy the base task reports
+
+
 def get_task(name: str) -> Task:
+    """The task of --objective=name; distill's is made from its teacher by `distill_task`."""
+    if name == "distill":
+        raise UserError("--objective=distill needs --teacher=PATH: the training workdir or "
+                        "converted model whose logits the student learns from")
     if name not in TASKS:
-        raise UserError(f"unknown --objective={name!r}; choose one of {', '.join(TASKS)}")
+        raise UserError(f"unknown --objective={name!r}; choose one of {', '.join(TASKS)}, "
+                        f"distill")
     return TASKS[name]
+
+
+def distill_task(teacher_family: str) -> Task:
+    """--objective=distill from a teacher of `teacher_family` ("decoder" or "encoder"): the data,
+    batches and tokenizer pieces of the base task (clm, mlm); its loss mixes the cross-entropy
+    with the KL to the teacher (--distill_alpha, --distill_temperature)."""
+    base = TASKS[DISTILLED[teacher_family]]
+    predict = objectives.PREDICTIONS[base.name]
+    return dataclasses.replace(
+        base, name="distill", reads=base.name,
+        loss=functools.partial(objectives.distill, predict=predict),
+        stats=functools.partial(objectives.distill_stats, predict=predict,
+                                accuracy=_ACCURACY[base.name]),
+        loss_options=lambda cfg: {"temperature": cfg.distill_temperature,
+                                  "alpha": cfg.distill_alpha})

@@ -17,7 +17,7 @@ from infer import engine, seq2seq
 from infer.load import load
 from model import sharding
 from model.config import get_preset
-from model.convert import _write_model_dir, export_hf, import_hf
+from model.convert import export_hf, import_hf, write_model_dir
 from model.transformer import build_model, init_inputs
 from tests.model.hf_models import CASES, both_logits, build, tokens
 
@@ -103,7 +103,7 @@ def _our_model_dir(preset: str, path, seed: int = 1) -> dict[str, np.ndarray]:
     flat = {k: np.asarray(v) for k, v in
             traverse_util.flatten_dict(params["params"], sep="/").items()}
     os.makedirs(path)
-    _write_model_dir(str(path), cfg, flat, {})
+    write_model_dir(str(path), cfg, flat, {})
     return flat
 
 

@@ -1,0 +1,101 @@
+"""The teacher of `--objective=distill`: a trained model read with its own config.json, its params
+on the run's mesh, and the logits it adds to every batch for the student's loss to match.
+
+Its params are arguments of its own jitted forward pass, never constants of the student's step,
+which (train/step.py, the same for every objective) only sees one more batch array.
+"""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from model import sharding
+from model.config import ModelConfig
+from model.errors import UserError
+from model.transformer import build_model, init_inputs
+from train.checkpoint import restore_params
+from train.flags import TrainConfig
+from train.objectives import PREDICTIONS, Batch
+from train.tasks import DISTILLED
+
+
+def read_teacher(cfg: TrainConfig) -> ModelConfig | None:
+    """The --teacher's model config (None without --teacher), refused unless it is a decoder or
+    an encoder with its masked-LM head: the models that predict a token at every position."""
+    if not cfg.teacher:
+        return None  # get_task refuses --objective=distill without one
+    if cfg.objective != "distill":
+        raise UserError(f"--teacher is read only by --objective=distill (not "
+                        f"--objective={cfg.objective}); drop it or pass --objective=distill")
+    if not os.path.isdir(cfg.teacher):
+        raise UserError(f"--teacher={cfg.teacher} is not a directory; point it at a training "
+                        f"workdir or a converted model")
+    path = os.path.join(cfg.teacher, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            teacher = ModelConfig.from_dict(json.load(f)["model"])
+    except FileNotFoundError:
+        raise UserError(f"--teacher={cfg.teacher} has no config.json; point it at a training "
+                        f"workdir or a converted model") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} is unreadable ({e}); point --teacher at another run") from None
+    if teacher.family not in DISTILLED:
+        raise UserError(f"--teacher={cfg.teacher} is a model of the {teacher.family} family; "
+                        f"--objective=distill takes a decoder (clm) or encoder (mlm) teacher")
+    if teacher.family == "encoder" and not teacher.mlm_head:
+        raise UserError(f"--teacher={cfg.teacher} is an encoder without a masked-LM head (a "
+                        f"classifier); distill from one that predicts tokens")
+    return teacher
+
+
+def check_student(cfg: TrainConfig, student: ModelConfig, teacher: ModelConfig) -> None:
+    """The student reads the teacher's batches and matches its logits entry by entry."""
+    if student.family != teacher.family:
+        example = {"decoder": "tiny", "encoder": "tiny_bert"}[teacher.family]
+        raise UserError(f"--teacher={cfg.teacher} is of the {teacher.family} family but "
+                        f"--preset={cfg.preset} of the {student.family} family; distill into a "
+                        f"student of the teacher's family (e.g. --preset={example})")
+    if student.vocab_size != teacher.vocab_size:
+        raise UserError(f"the student's vocab_size={student.vocab_size} differs from the "
+                        f"teacher's {teacher.vocab_size} (--teacher={cfg.teacher}); the KL "
+                        f"compares their logits token by token: drop --vocab_size")
+    if teacher.positions == "learned" and cfg.seq_len > teacher.max_len:
+        raise UserError(f"--seq_len={cfg.seq_len} is longer than the teacher's position table "
+                        f"({teacher.max_len}, --teacher={cfg.teacher}); use --seq_len <= "
+                        f"{teacher.max_len}")
+
+
+class Teacher:
+    """A frozen model on the run's mesh; `annotate` is the run's batch hook (train/prepare.py)."""
+
+    def __init__(self, path: str, config: ModelConfig, mesh: Mesh):
+        predict = PREDICTIONS[DISTILLED[config.family]]  # the positions the student is scored at
+        model = build_model(config)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+            boxed = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(config))
+        # The training rules table: a teacher larger than one device loads fsdp- or
+        # tensor-parallel, exactly as the student's params are laid out.
+        shardings = sharding.state_shardings(boxed["params"], mesh)
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                sharding.unbox(boxed["params"]), shardings)
+        self.params = restore_params(path, abstract)
+
+        def logits(params, batch: Batch) -> jax.Array:
+            # The model's logical constraints need the mesh and rules; entered inside the trace
+            # (set_mesh may not be), so `annotate` runs under jax.eval_shape or any caller.
+            with (jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+                  nn.logical_axis_rules(sharding.RULES)):
+                return predict(model, params, batch)[0].astype(jnp.float32)
+
+        # Rows split over the batch axes as train/step.py's batch_shardings lays out every batch
+        # array (one spec, a prefix of any rank), the vocabulary whole.
+        self._logits = jax.jit(logits, in_shardings=(shardings, sharding.named(mesh, "batch")),
+                               out_shardings=sharding.named(mesh, "batch", None, None))
+
+    def annotate(self, batch: Batch) -> Batch:
+        """`batch` (global arrays) and its "teacher_logits": float32[batch, length, vocab]."""
+        return {**batch, "teacher_logits": self._logits(self.params, batch)}

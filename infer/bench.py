@@ -41,7 +41,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("new_tokens", 256, "Tokens generated per row (no EOS stop).")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the "
                       "model's own; params keep their storage dtype).")
-    flags.DEFINE_string("quant", "none", "Weight quantization; only 'none' for now.")
+    flags.DEFINE_string("quant", "none", "int8 (weights), int8_kv (KV cache), int8+int8_kv, or "
+                                         "none (as saved); a float model is quantized after "
+                                         "loading (docs/inference.md).")
     flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
     flags.DEFINE_integer("repeats", 3, "Timed repeats of prefill and end-to-end (median).")
     flags.DEFINE_integer("seed", 0, "Seed of the random weights and prompt tokens.")
@@ -171,7 +173,7 @@ def bench_batch(loaded: Loaded, batch: int, prompt_len: int, new_tokens: int, re
     work = component_work(cfg, batch, 1, mean_context)
     step_bytes = sum(w.bytes for w in work.values())
     kv_bytes = 2 * cfg.num_layers * batch * mean_context * cfg.num_kv_heads * \
-        cfg.resolved_head_dim * jnp.dtype(cfg.dtype).itemsize
+        cfg.resolved_head_dim * (1 if cfg.int8_kv else jnp.dtype(cfg.dtype).itemsize)
     device = jax.devices()[0]
     peaks = device_peaks(cfg.dtype)
     memory_stats = device.memory_stats() or {}
@@ -213,9 +215,9 @@ def table(results: list[dict], title: str) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-    if FLAGS.quant != "none":
-        raise UserError(f"--quant={FLAGS.quant} is not available yet: int8 lands with the "
-                        "compression issue; use --quant=none")
+    from infer.load import quantized, with_quant
+
+    with_quant(get_preset("tiny"), FLAGS.quant)  # a bad --quant is refused before any work
     for name in ("prompt_len", "new_tokens", "repeats"):
         if FLAGS[name].value <= 0:
             raise UserError(f"--{name} must be a positive integer, got {FLAGS[name].value}")
@@ -225,6 +227,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--json={FLAGS.json}: its directory does not exist")
     loaded, source = resolve(FLAGS.checkpoint, FLAGS.preset, sizes, FLAGS.dtype,
                              FLAGS.prompt_len + FLAGS.new_tokens, FLAGS.mesh, FLAGS.seed)
+    loaded = quantized(loaded, with_quant(loaded.config, FLAGS.quant, FLAGS.checkpoint or ""))
     for batch in batch_sizes:
         if batch % sharding.batch_shards(loaded.mesh):
             raise UserError(f"batch size {batch} must be divisible by the data-parallel size "

@@ -2,7 +2,8 @@
 continuation to the console; `--json=OUT` also writes prompt and generated ids and text.
 
 For an encoder-decoder model the prompt is the source and the output its generated target;
-`--num_beams>1` runs beam search there (the best hypothesis is printed when the search ends)."""
+`--num_beams>1` runs beam search there (the best hypothesis is printed when the search ends).
+`--draft=PATH` decodes a decoder-only model speculatively (infer/speculative.py)."""
 
 import json
 import math
@@ -34,6 +35,14 @@ def define_flags() -> None:
                                               "sum log p / ((5 + length) / 6) ** alpha (GNMT); 0 "
                                               "ranks by log p, > 0 favours longer, < 0 shorter "
                                               "outputs. Used only with --num_beams>1.")
+    flags.DEFINE_string("draft", None, "Draft model for speculative decoding: a training workdir "
+                                       "or converted model directory with --checkpoint's "
+                                       "vocabulary (decoder-only). It proposes --draft_tokens "
+                                       "tokens that the target checks in one forward pass; the "
+                                       "output is distributed as without it (greedy: identical). "
+                                       "Prompts are then decoded one at a time.")
+    flags.DEFINE_integer("draft_tokens", 4, "Tokens the --draft model proposes per target "
+                                            "forward pass (k, >= 1).")
 
 
 def _prompts() -> list[str]:
@@ -90,6 +99,46 @@ def _check_family(family: str) -> None:
                         "decoder-only")
 
 
+def _check_draft(family: str) -> None:
+    """Refuses a --draft the target cannot use, from the configs alone (before any loading)."""
+    from infer.load import read_config
+    from infer.speculative import check_pair
+
+    if FLAGS.draft_tokens < 1:
+        raise UserError(f"--draft_tokens must be >= 1, got {FLAGS.draft_tokens}")
+    if not FLAGS.draft:
+        return
+    if FLAGS.num_beams > 1:
+        raise UserError("--draft (speculative decoding) does not combine with --num_beams>1; "
+                        "drop one of them")
+    if family != "decoder":
+        raise UserError(f"--draft (speculative decoding) is for decoder-only models; "
+                        f"{FLAGS.checkpoint} is {family}")
+    if not os.path.isfile(os.path.join(FLAGS.draft, "config.json")):
+        raise UserError(f"--draft={FLAGS.draft} has no config.json; point it at a training "
+                        f"workdir or a converted model")
+    check_pair(read_config(FLAGS.checkpoint), read_config(FLAGS.draft))
+
+
+def _speculative(loaded, draft, prompt_ids: list[list[int]], sampling, eos_id: int, stream):
+    """(generated ids per prompt, the added-up stats), each prompt decoded speculatively."""
+    from infer.speculative import speculative_generate, summarize
+
+    out, stats = [], []
+    for row, prompt in enumerate(prompt_ids):
+        # One seed per prompt, so equal prompts are not sampled alike (as rows of a batch).
+        tokens, row_stats = speculative_generate(loaded, draft, prompt, FLAGS.max_new_tokens,
+                                                 FLAGS.draft_tokens, sampling, FLAGS.seed + row,
+                                                 eos_id, on_token=stream)
+        out.append(tokens)
+        stats.append(row_stats)
+    stats = summarize(stats)
+    print(f"speculative: {stats['accepted']}/{stats['proposed']} draft tokens accepted "
+          f"({100 * stats['acceptance_rate']:.1f}%), {stats['tokens_per_target_pass']:.1f} "
+          f"tokens per target pass", file=sys.stderr)
+    return out, stats
+
+
 def _seq2seq(loaded, tok, prompts: list[str], sampling, stream):
     """(source ids as the encoder reads them, generated ids) for an encoder-decoder model."""
     from infer import beam, seq2seq
@@ -120,6 +169,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.json and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json))):
         raise UserError(f"--json={FLAGS.json}: its directory does not exist")
     family = read_config(FLAGS.checkpoint).family
+    _check_draft(family)
     _check_family(family)
     loaded = load(FLAGS.checkpoint, FLAGS.mesh)
     tok = loaded.tokenizer
@@ -127,6 +177,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"{FLAGS.checkpoint} has no tokenizer (tokenizer.model or "
                         f"tokenizer.json); text generation needs one — score token ids with "
                         f"python -m infer.score instead")
+    draft = load(FLAGS.draft, FLAGS.mesh) if FLAGS.draft else None
     seq2seq = family == "encoder_decoder"
     # Beam search knows its best hypothesis only at the end: nothing to stream.
     stream = _Stream(tok) if len(prompts) == 1 and FLAGS.num_beams == 1 else None
@@ -136,8 +187,12 @@ def main(argv: list[str]) -> None:
         prompt_ids = [tok.encode(p).tolist() for p in prompts]
         if stream:
             sys.stdout.write(prompts[0])
-        out = generate(loaded, prompt_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
-                       tok.eos_id, on_token=stream)
+        if draft:
+            out, speculative = _speculative(loaded, draft, prompt_ids, sampling, tok.eos_id,
+                                            stream)
+        else:
+            out = generate(loaded, prompt_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
+                           tok.eos_id, on_token=stream)
     texts = [tok.decode(ids) for ids in out]
     if stream:
         sys.stdout.write(texts[0][len(stream.printed):] + "\n")
@@ -148,6 +203,8 @@ def main(argv: list[str]) -> None:
             print(f"{prompt}\n-> {text}\n---" if seq2seq else f"{prompt}{text}\n---")
     if FLAGS.json:
         record = {"prompt_tokens": prompt_ids, "tokens": out, "text": texts}
+        if draft:
+            record["speculative"] = speculative
         tmp = FLAGS.json + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(record, f)

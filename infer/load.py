@@ -11,8 +11,8 @@ from jax.sharding import Mesh
 
 from data.hf_tokenizer import HFTokenizer
 from data.tokenizer import Tokenizer, find_tokenizer
-from model import sharding
-from model.config import ModelConfig
+from model import quant, sharding
+from model.config import QUANT_MODES, ModelConfig
 from model.errors import UserError
 from model.transformer import build_model, init_inputs
 from train.checkpoint import restore_params
@@ -49,16 +49,50 @@ def _read(path: str) -> tuple[ModelConfig, dict]:
         raise UserError(f"{config_path} is unreadable ({e}); restore it or retrain") from None
 
 
-def load(path: str, mesh_spec: str = "") -> Loaded:
+def load(path: str, mesh_spec: str = "", quant: str = "none") -> Loaded:
     """Params are restored straight into their shardings on the mesh (the same rules table as
-    training), so a model larger than one device loads tensor- or fsdp-parallel."""
+    training), so a model larger than one device loads tensor- or fsdp-parallel. `quant`
+    (model/quant.py) quantizes a float model's weights after loading and/or gives it an int8 KV
+    cache; a saved quantized model loads as it is."""
     config, token_ids = _read(path)
-    model = build_model(config)
+    target = with_quant(config, quant, path)
+    stored = config.replace(quant="int8" if config.int8_weights else "none")
     mesh = sharding.make_mesh(mesh_spec)
+    params = restore_params(path, abstract_params(stored, mesh))
+    loaded = Loaded(stored, build_model(stored), {"params": params}, mesh, find_tokenizer(path),
+                    token_ids)
+    return quantized(loaded, target)
+
+
+def with_quant(config: ModelConfig, quant: str, path: str = "") -> ModelConfig:
+    """The config to run a model of `config` with under --quant=`quant` ("none": as saved)."""
+    if quant not in QUANT_MODES:
+        raise UserError(f"--quant={quant} is not one of {', '.join(QUANT_MODES)}")
+    if quant == "none":
+        return config
+    if config.int8_weights and quant == "int8_kv":
+        quant = "int8+int8_kv"  # its weights are int8 already
+    if config.int8_weights and quant not in ("int8", "int8+int8_kv"):
+        raise UserError(f"{path or 'the model'} holds int8 weights; --quant={quant} would need "
+                        f"the float weights it was quantized from")
+    return config.replace(quant=quant)
+
+
+def abstract_params(config: ModelConfig, mesh: Mesh):
+    """The params of a `config` model as shape/dtype/sharding structs on `mesh`."""
+    model = build_model(config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         boxed = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(config))
     shardings = sharding.state_shardings(boxed["params"], mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            sharding.unbox(boxed["params"]), shardings)
-    params = restore_params(path, abstract)
-    return Loaded(config, model, {"params": params}, mesh, find_tokenizer(path), token_ids)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        sharding.unbox(boxed["params"]), shardings)
+
+
+def quantized(loaded: Loaded, config: ModelConfig) -> Loaded:
+    """`loaded` run as `config` says: weights quantized if it asks for int8 weights that
+    `loaded` does not have yet (the float params are dropped), the KV cache as it says."""
+    params = loaded.params
+    if config.int8_weights and not loaded.config.int8_weights:
+        params = {"params": quant.quantize_params(params["params"],
+                                                  abstract_params(config, loaded.mesh))}
+    return dataclasses.replace(loaded, config=config, model=build_model(config), params=params)

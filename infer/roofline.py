@@ -100,7 +100,9 @@ def component_work(cfg: ModelConfig, batch: int, queries: int, context: int) -> 
     masked or not, because that is what the XLA kernel computes.
     """
     a = jnp.dtype(cfg.dtype).itemsize
-    w = jnp.dtype(cfg.param_dtype).itemsize
+    # Matmul weights and the cache as stored: int8 with --quant (their scales are ~1/d of it).
+    w = 1 if cfg.int8_weights else jnp.dtype(cfg.param_dtype).itemsize
+    c = 1 if cfg.int8_kv else a
     d, layers, v = cfg.d_model, cfg.num_layers, cfg.vocab_size
     h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     tokens = batch * queries
@@ -108,7 +110,7 @@ def component_work(cfg: ModelConfig, batch: int, queries: int, context: int) -> 
     projections = d * hd * (h + 2 * kv) + h * hd * d
     attention = Work(
         2 * projections * tokens + 4 * batch * queries * context * h * hd,
-        projections * w + 2 * batch * context * kv * hd * a + 2 * act)
+        projections * w + 2 * batch * context * kv * hd * c + 2 * act)
     mlp_params = d * cfg.mlp_dim * (3 if cfg.activation == "swiglu" else 2)
     mlp = Work(2 * mlp_params * tokens, mlp_params * w + 2 * act + tokens * cfg.mlp_dim * a)
     norm = Work(5 * tokens * d, 2 * act + d * w)

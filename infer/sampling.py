@@ -28,6 +28,12 @@ def sample(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
     """logits: float32[batch, vocab] -> int32[batch]."""
     if sampling.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filtered(logits, sampling), axis=-1).astype(jnp.int32)
+
+
+def filtered(logits: jax.Array, sampling: Sampling) -> jax.Array:
+    """The logits `sample` draws from at temperature > 0: divided by the temperature, -inf
+    outside the top-k and the top-p nucleus (their softmax is the sampling distribution)."""
     logits = logits / sampling.temperature
     if sampling.top_k:
         kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
@@ -39,4 +45,4 @@ def sample(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
         cutoff_index = jnp.sum(cumulative < sampling.top_p, axis=-1, keepdims=True)
         cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    return logits

@@ -28,6 +28,8 @@ def define_flags() -> None:
                                                 "--tokens are the source; the logits are then "
                                                 "the decoder's [batch, length, vocab].")
     flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
+    flags.DEFINE_string("quant", "none", "int8: int8 weights (a float model is quantized after "
+                                         "loading; see docs/inference.md). none: as saved.")
 
 
 def read_tokens(path: str, vocab_size: int, max_len: int, flag: str = "tokens") -> np.ndarray:
@@ -93,7 +95,7 @@ def main(argv: list[str]) -> None:
     out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
     if not os.path.isdir(out_dir):
         raise UserError(f"--out={FLAGS.out}: directory {out_dir} does not exist")
-    logits = score(load(FLAGS.checkpoint, FLAGS.mesh), tokens, decoder_tokens)
+    logits = score(load(FLAGS.checkpoint, FLAGS.mesh, FLAGS.quant), tokens, decoder_tokens)
     tmp = FLAGS.out + ".tmp.npy"
     np.save(tmp, logits)
     os.replace(tmp, FLAGS.out)

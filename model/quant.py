@@ -30,6 +30,8 @@ from model.config import ModelConfig
 
 Array = jax.Array
 INT8_MAX = 127.0
+# Backends whose fast int8 matmul is int8 x int8 (XLA CPU: YNNPACK), so rows are quantized too.
+DYNAMIC_ROWS_BACKENDS = ("cpu",)
 
 
 class Int8Kernel(NamedTuple):
@@ -69,7 +71,7 @@ def int8_dot(x: Array, q: Array, scale: Array, transposed: bool) -> Array:
     """x: [rows, k] float times int8 q ([k, n], or [n, k] if `transposed`) rescaled per output
     column by scale: [n]. Float32 result [rows, n]."""
     dims = (((1,), (1 if transposed else 0,)), ((), ()))
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() not in DYNAMIC_ROWS_BACKENDS:
         y = jax.lax.dot_general(x, q.astype(x.dtype), dims, preferred_element_type=jnp.float32)
         return y * scale
     x = x.astype(jnp.float32)

@@ -52,7 +52,7 @@ def test_checkpoint_is_measured(workdir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--preset=tiny", "--checkpoint=CKPT"], "exactly one"),
     ([], "exactly one"),
-    (["--preset=tiny", "--quant=int8"], "compression"),
+    (["--preset=tiny", "--quant=int4"], "--quant=int4 is not one of"),
     (["--preset=tiny", "--batch_sizes=0"], "batch_sizes"),
     (["--preset=tiny", "--batch_sizes=1,x"], "batch_sizes"),
     (["--preset=nope"], "unknown preset"),

@@ -155,7 +155,7 @@ def component_programs(cfg: ModelConfig, params: dict, shape: Shape, sampling: S
     def attention_body(p, carry):
         h, full, i = carry
         (h, full) = attention_one(_at(p, i), (h, {**full, "layer": i}))
-        return h, {"k": full["k"], "v": full["v"]}, (i + 1) % count
+        return h, {k: v for k, v in full.items() if k != "layer"}, (i + 1) % count
 
     def rotating(one):
         def body(p, carry):

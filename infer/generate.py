@@ -41,6 +41,9 @@ def define_flags() -> None:
                                        "tokens that the target checks in one forward pass; the "
                                        "output is distributed as without it (greedy: identical). "
                                        "Prompts are then decoded one at a time.")
+    flags.DEFINE_string("quant", "none", "int8 (weights), int8_kv (KV cache), int8+int8_kv, or "
+                                         "none (as saved); a float model is quantized after "
+                                         "loading (docs/inference.md).")
     flags.DEFINE_integer("draft_tokens", 4, "Tokens the --draft model proposes per target "
                                             "forward pass (k, >= 1).")
 
@@ -171,7 +174,7 @@ def main(argv: list[str]) -> None:
     family = read_config(FLAGS.checkpoint).family
     _check_draft(family)
     _check_family(family)
-    loaded = load(FLAGS.checkpoint, FLAGS.mesh)
+    loaded = load(FLAGS.checkpoint, FLAGS.mesh, FLAGS.quant)
     tok = loaded.tokenizer
     if tok is None:
         raise UserError(f"{FLAGS.checkpoint} has no tokenizer (tokenizer.model or "

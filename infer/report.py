@@ -22,10 +22,12 @@ from tqdm import tqdm
 from benchmarks.train_throughput import device_info, versions
 from infer.bench import SIZE_FLAGS, parse_batch_sizes, resolve
 from infer.components import COMPONENTS, Shape, measure
+from infer.load import quantized, with_quant
 from infer.report_text import markdown
 from infer.roofline import Peaks, Work, component_work, device_peaks
 from infer.sampling import Sampling
 from model import sharding
+from model.config import get_preset
 from model.errors import UserError, run_command
 
 FLAGS = flags.FLAGS
@@ -53,6 +55,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("top_k", 0, "Sampling measured: top-k cut (0 disables).")
     flags.DEFINE_float("top_p", 1.0, "Sampling measured: nucleus mass (1 disables).")
     flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
+    flags.DEFINE_string("quant", "none", "int8 (weights), int8_kv (KV cache), int8+int8_kv, or "
+                                         "none (as saved); see docs/inference.md.")
     flags.DEFINE_integer("repeats", 5, "Timed runs per sub-program (the minimum is kept).")
     flags.DEFINE_float("target_ms", 30.0, "Wall time each timed loop aims for; longer is "
                                           "steadier on noisy machines.")
@@ -136,8 +140,10 @@ def main(argv: list[str]) -> None:
     sizes = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
     longest = max(contexts + [FLAGS.context])
     # resolve() checks the checkpoint's context itself; presets grow their position table.
+    with_quant(get_preset("tiny"), FLAGS.quant)  # a bad --quant is refused before any work
     loaded, source = resolve(FLAGS.checkpoint, FLAGS.preset, sizes, FLAGS.dtype, longest,
                              FLAGS.mesh, FLAGS.seed)
+    loaded = quantized(loaded, with_quant(loaded.config, FLAGS.quant, FLAGS.checkpoint or ""))
     shards = sharding.batch_shards(loaded.mesh)
     if bad := [b for b in batch_sizes + [FLAGS.batch] if b % shards]:
         raise UserError(f"batch sizes {bad} are not divisible by the data-parallel size {shards}; "

@@ -93,7 +93,9 @@ def supervise(procs: list[subprocess.Popen], logs: list[str | None]) -> int:
             if failed:
                 first = failed[0]
                 _stop(procs)
-                if first != 0:  # process 0's own error line is already on the console
+                # Process 0's own error line is on the console if it failed too (a bad flag
+                # fails every process, in whichever order they get there).
+                if first != 0 and not procs[0].returncode > 0:
                     reason = _error_line(logs[first]) or "see its output"
                     print(f"error: process {first} exited with code {codes[first]}: {reason} "
                           f"({logs[first]})", file=sys.stderr)

@@ -45,9 +45,10 @@ def llama_mismatch(cfg: ModelConfig) -> str:
     return ", ".join(f"{k}={getattr(cfg, k)}" for k, v in wanted.items() if getattr(cfg, k) != v)
 
 
-def hf_generate(cfg: ModelConfig, tokens: np.ndarray):
+def hf_generate(cfg: ModelConfig, tokens: np.ndarray, int8: bool = False):
     """(generate(n) -> seconds of LlamaForCausalLM.generate, greedy, static cache, fp32, all
-    cores; a description) or (None, why it was skipped)."""
+    cores; a description) or (None, why it was skipped). `int8`: torch's dynamic int8
+    quantization of every Linear (int8 weights, activations quantized per call)."""
     if why := llama_mismatch(cfg):
         return None, f"HF Llama peer needs a Llama-shaped config; this one has {why}"
     try:
@@ -65,6 +66,8 @@ def hf_generate(cfg: ModelConfig, tokens: np.ndarray):
         tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
         bos_token_id=0, eos_token_id=None, pad_token_id=0)
     model = transformers.LlamaForCausalLM(hf_cfg).eval()
+    if int8:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     inputs = torch.from_numpy(tokens.astype(np.int64))
     mask = torch.ones_like(inputs)
 
@@ -79,7 +82,8 @@ def hf_generate(cfg: ModelConfig, tokens: np.ndarray):
         return elapsed
 
     return generate, (f"transformers LlamaForCausalLM.generate (static cache, "
-                      f"{hf_cfg._attn_implementation} attention), greedy, torch fp32 on cpu, "
+                      f"{hf_cfg._attn_implementation} attention), greedy, torch "
+                      f"{'dynamic int8 Linear' if int8 else 'fp32'} on cpu, "
                       f"{torch.get_num_threads()} threads")
 
 

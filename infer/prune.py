@@ -89,7 +89,7 @@ def _check(request: Request) -> None:
         raise UserError("--finetune_learning_rate must not be negative")
 
 
-def _source_flags(checkpoint: str, recorded: dict, init_from: str, workdir: str):
+def source_flags(checkpoint: str, recorded: dict, init_from: str, workdir: str):
     """The source run's TrainConfig, continuing from `init_from` in `workdir`; None for a model
     that recorded no training flags (a converted one)."""
     # train/ sits above infer/'s model code in the import graph; only this path needs it.
@@ -112,7 +112,7 @@ def _eval_run(request: Request, recorded: dict):
     None when there is nothing to evaluate on."""
     from train.prepare import prepare
 
-    cfg = _source_flags(request.checkpoint, recorded, os.path.abspath(request.checkpoint),
+    cfg = source_flags(request.checkpoint, recorded, os.path.abspath(request.checkpoint),
                         os.path.join(os.path.abspath(request.out), "finetune"))
     if cfg is None:
         if request.finetune_steps:
@@ -154,7 +154,7 @@ def _finetune(request: Request, recorded: dict, evaluate: bool) -> dict[str, flo
     from train.loop import train
 
     out = os.path.abspath(request.out)
-    cfg = _source_flags(request.checkpoint, recorded, out, os.path.join(out, "finetune"))
+    cfg = source_flags(request.checkpoint, recorded, out, os.path.join(out, "finetune"))
     steps = request.finetune_steps
     cfg = cfg.replace(steps=steps, warmup_steps=steps // 10,
                       learning_rate=request.finetune_learning_rate or cfg.learning_rate,

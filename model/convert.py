@@ -179,6 +179,9 @@ def export_hf(checkpoint: str, out: str, architecture: str = "",
               max_shard_bytes: int = 5 << 30, overwrite: bool = False) -> dict:
     """Our workdir or converted model -> a HF model directory at `out`."""
     cfg, recorded = read_ours(checkpoint)
+    if cfg.int8_weights:
+        raise UserError(f"--checkpoint={checkpoint} holds int8 weights (infer.quantize); "
+                        f"export the float model it was quantized from")
     hf_meta = recorded.get("hf", {})
     objective = recorded.get("train", {}).get("objective")
     module, architecture = architectures.for_ours(

@@ -18,6 +18,8 @@ from infer.load import load, quantized, with_quant
 from infer.quantize import quantize_dir
 from infer.score import score
 from model import quant, sharding
+from model.convert import export_hf
+from model.errors import UserError
 
 TOKENS = np.random.default_rng(0).integers(1, 512, size=(3, 24)).astype(np.int32)
 # |int8 logits - float logits| <= TOLERANCE * max |float logits| (docs/inference.md): per-channel
@@ -120,8 +122,11 @@ def test_saved_quantized_model_loads_as_it_is(models, workdir, tmp_path):
     np.testing.assert_array_equal(score(saved, TOKENS), score(models["int8"], TOKENS))
     prompt = [list(TOKENS[0, :8])]
     assert generate(saved, prompt, 5) == generate(models["int8"], prompt, 5)
-    with pytest.raises(Exception, match="int8 weights already"):
+    with pytest.raises(UserError, match="int8 weights already"):
         quantize_dir(str(out), str(tmp_path / "again"))
+    with pytest.raises(UserError, match="holds int8 weights"):  # HF has no such tensors
+        export_hf(str(out), str(tmp_path / "hf"))
+    assert not (tmp_path / "again").exists() and not (tmp_path / "hf").exists()
 
 
 def test_quant_cli(workdir, tmp_path):

@@ -1,0 +1,118 @@
+"""Decode speed of int8 weights and the int8 KV cache (--quant) against our own float32 engine on
+the same random-init model, with HF transformers (torch fp32 and torch's dynamic int8 Linear)
+timed in the same rounds as the peer; merged into benchmarks/results/<date>-<device>.json.
+
+The issue-10 CPU target: int8 weights >= 1.5x our fp32 decode tokens/s at batch 1 on a
+llama_1b-shaped model with 4 layers (the defaults here).
+"""
+
+import datetime
+import os
+import shlex
+import statistics
+import sys
+
+import jax
+import numpy as np
+from absl import flags
+
+from benchmarks.generate_throughput import hf_generate, ours_generate
+from benchmarks.train_throughput import device_info, device_slug, merge_into, versions
+from infer.bench import SIZE_FLAGS, random_loaded
+from infer.load import quantized, with_quant
+from model import quant
+from model.config import get_preset
+from model.errors import UserError, run_command
+
+FLAGS = flags.FLAGS
+MODES = ("none", "int8", "int8_kv", "int8+int8_kv")
+
+
+def define_flags() -> None:
+    """Registered by the entry point only, so importing this module (tests) defines nothing."""
+    flags.DEFINE_string("preset", "llama_1b", "Model preset; size flags override it.")
+    defaults = {"num_layers": 4, "d_model": 512, "num_heads": 8, "num_kv_heads": 2,
+                "mlp_dim": 1376, "vocab_size": 32000}
+    for name in SIZE_FLAGS:
+        flags.DEFINE_integer(name, defaults.get(name), f"Override the preset's {name}.")
+    flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to measure.")
+    flags.DEFINE_integer("prompt_len", 128, "Prompt tokens per row (random ids).")
+    flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row (never stopping early).")
+    flags.DEFINE_integer("repeats", 5, "Timed rounds (each times every side once; medians).")
+    flags.DEFINE_bool("peer", True, "Also time HF transformers (torch fp32 and dynamic int8).")
+    flags.DEFINE_integer("seed", 0, "Seed of the weights and prompt tokens.")
+    flags.DEFINE_string("out", "", "JSON file to merge this run into (default: "
+                        "benchmarks/results/<YYYY-MM-DD>-<device>.json).")
+
+
+def decode_rate(generate, batch: int, new_tokens: int) -> float:
+    """Decode tokens/s of one (prefill + n tokens) run less a (prefill + 1 token) run."""
+    t1, tn = generate(1), generate(new_tokens)
+    return batch * (new_tokens - 1) / max(tn - t1, 1e-9)
+
+
+def measure(sides: dict, batch: int, new_tokens: int, repeats: int) -> dict:
+    """Every round times each side once, back to back, so load that comes and goes on a shared
+    machine reaches all sides alike; ratios to our float32 are medians over rounds."""
+    for generate in sides.values():  # warm-up: compiles, allocates caches
+        generate(1), generate(new_tokens)
+    rounds = [{name: decode_rate(g, batch, new_tokens) for name, g in sides.items()}
+              for _ in range(repeats)]
+    out = {name: {"decode_tokens_per_s": statistics.median(r[name] for r in rounds)}
+           for name in sides}
+    for name in sides:
+        per_round = [r[name] / r["ours none"] for r in rounds]
+        out[name]["ratio_to_ours_fp32"] = statistics.median(per_round)
+        out[name]["ratio_per_round"] = per_round
+    if "hf fp32" in sides and "hf int8" in sides:
+        out["hf int8"]["ratio_to_hf_fp32"] = statistics.median(
+            r["hf int8"] / r["hf fp32"] for r in rounds)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    if jax.device_count() != 1:
+        raise UserError("this benchmark compares one device with one torch process; run it "
+                        "without forced host device counts")
+    sizes = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
+    batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+    cfg = get_preset(FLAGS.preset).replace(dtype="float32", **sizes)
+    cfg = cfg.replace(max_len=max(cfg.max_len, FLAGS.prompt_len + FLAGS.new_tokens))
+    base = random_loaded(cfg, "", FLAGS.seed)
+    models = {mode: quantized(base, with_quant(cfg, mode)) for mode in MODES}
+    memory = {mode: quant.param_bytes(m.params) for mode, m in models.items()}
+    results, peers = {}, {}
+    for batch in batch_sizes:
+        tokens = np.random.default_rng(FLAGS.seed).integers(
+            0, cfg.vocab_size, (batch, FLAGS.prompt_len), dtype=np.int32)
+        sides = {f"ours {mode}": ours_generate(m, tokens) for mode, m in models.items()}
+        if FLAGS.peer:
+            for name, int8 in (("hf fp32", False), ("hf int8", True)):
+                generate, peers[name] = hf_generate(cfg, tokens, int8=int8)
+                if generate is not None:
+                    sides[name] = generate
+        results[str(batch)] = measure(sides, batch, FLAGS.new_tokens, FLAGS.repeats)
+        print(f"batch {batch}:")
+        for name, r in results[str(batch)].items():
+            print(f"  {name:<18} {r['decode_tokens_per_s']:>10,.1f} tok/s "
+                  f"{r['ratio_to_ours_fp32']:>6.2f}x ours fp32")
+    info = device_info()
+    run = {"benchmark": "quant_decode",
+           "command": shlex.join(["python", "-m", "benchmarks.quant_decode", *sys.argv[1:]]),
+           "time": datetime.datetime.now().isoformat(timespec="seconds"),
+           "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "config": {"preset": FLAGS.preset, "overrides": sizes, "prompt_len": FLAGS.prompt_len,
+                      "new_tokens": FLAGS.new_tokens, "repeats": FLAGS.repeats,
+                      "sampling": "greedy", "model": cfg.to_dict()},
+           "param_bytes": memory, "peers": peers, "results": results}
+    out = FLAGS.out or os.path.join(os.path.dirname(__file__), "results",
+                                    f"{datetime.date.today()}-{device_slug(info)}.json")
+    merge_into(out, run, {"device": info, "versions": versions(), "date": str(datetime.date.today())})
+    print("param bytes: " + ", ".join(f"{m} {b / 2**20:.1f} MiB" for m, b in memory.items()))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    run_command(main, define_flags, "benchmarks.quant_decode")

@@ -85,7 +85,8 @@ CASES = [  # (flags, with {name} taken from `paths`; what the one line must say)
     ({**T5, "objective": "seq2seq", "data": "{no_target}"}, 'no field "target"'),
     ({**BERT, "objective": "mlm", "mask_rate": 0.0}, "--mask_rate"),
     ({**T5, "objective": "seq2seq", "label_smoothing": 1.0}, "--label_smoothing"),
-    ({"objective": "distill"}, "unknown --objective"),
+    ({"objective": "distill"}, "--objective=distill needs --teacher=PATH"),
+    ({"objective": "rlhf"}, "unknown --objective"),
 ]
 
 

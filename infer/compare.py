@@ -26,8 +26,7 @@ from infer.prune import prune_checkpoint, source_flags
 from infer.sampling import Sampling
 from infer.speculative import check_pair, speculative_generate
 from model import sharding
-from model.config import ModelConfig
-from model.convert import read_ours
+from model.config import ModelConfig, read_recorded
 from model.errors import UserError, run_command
 from model.quant import param_bytes
 
@@ -136,7 +135,7 @@ def check(request: Request) -> tuple[ModelConfig, dict]:
         raise UserError(f"--out={request.out} is a file; name a directory")
     context = request.prompt_len + request.new_tokens
     cfg = _decoder(request.checkpoint, "--checkpoint", context)
-    _, recorded = read_ours(request.checkpoint)
+    _, recorded = read_recorded(request.checkpoint, "checkpoint")
     if not isinstance(recorded.get("flags"), dict):
         raise UserError(f"--checkpoint={request.checkpoint} records no training flags (a "
                         f"converted model?); compare needs a training workdir, whose held-out "

@@ -2,8 +2,6 @@
 config.json -> ModelConfig, the latest checkpoint's params placed on a mesh, the tokenizer."""
 
 import dataclasses
-import json
-import os
 
 import flax.linen as nn
 import jax
@@ -12,7 +10,7 @@ from jax.sharding import Mesh
 from data.hf_tokenizer import HFTokenizer
 from data.tokenizer import Tokenizer, find_tokenizer
 from model import quant, sharding
-from model.config import QUANT_MODES, ModelConfig
+from model.config import QUANT_MODES, ModelConfig, read_recorded
 from model.errors import UserError
 from model.transformer import build_model, init_inputs
 from train.checkpoint import restore_params
@@ -36,17 +34,10 @@ def read_config(path: str) -> ModelConfig:
 
 def _read(path: str) -> tuple[ModelConfig, dict]:
     """(the model config, the token ids an imported model recorded) from config.json."""
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise UserError(f"--checkpoint={path} has no config.json; point it at a training "
-                        f"workdir or a converted model")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            recorded = json.load(f)
-        ids = {k: v for k, v in recorded.get("hf", {}).items() if k.endswith("token_id")}
-        return ModelConfig.from_dict(recorded["model"]), ids
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{config_path} is unreadable ({e}); restore it or retrain") from None
+    config, recorded = read_recorded(path, "checkpoint")
+    hf = recorded.get("hf", {})
+    ids = {k: v for k, v in hf.items() if k.endswith("token_id")} if isinstance(hf, dict) else {}
+    return config, ids
 
 
 def load(path: str, mesh_spec: str = "", quant: str = "none") -> Loaded:

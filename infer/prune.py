@@ -21,12 +21,11 @@ from flax import traverse_util
 
 from infer.prune_params import SCORES, count, prune, targets
 from model import sharding
-from model.config import ModelConfig
+from model.config import ModelConfig, read_recorded
 from model.convert import (
     check_out,
     copy_tokenizer,
     move_into_place,
-    read_ours,
     restore_flat,
     staging_dir,
     write_model_dir,
@@ -168,7 +167,7 @@ def prune_checkpoint(request: Request) -> dict:
     """Prunes, writes OUT (all or nothing), evaluates and fine-tunes as asked; returns the record
     written to OUT/prune.json."""
     _check(request)
-    cfg, recorded = read_ours(request.checkpoint)
+    cfg, recorded = read_recorded(request.checkpoint, "checkpoint")
     if cfg.int8_weights:  # int8 kernels with per-channel scales beside them: not sliced here
         raise UserError(f"--checkpoint={request.checkpoint} holds int8 weights ({cfg.quant}); "
                         f"prune the float model it was quantized from, then quantize the result")

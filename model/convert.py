@@ -23,7 +23,7 @@ from absl import flags
 from flax import traverse_util
 
 from model import sharding
-from model.config import ModelConfig
+from model.config import ModelConfig, read_recorded
 from model.errors import UserError, run_command
 from model.hf import architectures, files
 from model.hf.fields import token_ids
@@ -149,19 +149,6 @@ def write_model_dir(path: str, cfg: ModelConfig, params: dict[str, np.ndarray],
     manager.close()
 
 
-def read_ours(checkpoint: str) -> tuple[ModelConfig, dict]:
-    path = os.path.join(checkpoint, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f)
-        return ModelConfig.from_dict(recorded["model"]), recorded
-    except FileNotFoundError:
-        raise UserError(f"--checkpoint={checkpoint} has no config.json; point it at a training "
-                        f"workdir or a converted model") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is unreadable ({e}); restore it or retrain") from None
-
-
 def restore_flat(checkpoint: str, cfg: ModelConfig) -> dict:
     """The latest checkpoint's params, flat, on one device (no copy per device of a mesh)."""
     # train/ sits above model/ in the import graph; only this command needs it.
@@ -178,7 +165,7 @@ def restore_flat(checkpoint: str, cfg: ModelConfig) -> dict:
 def export_hf(checkpoint: str, out: str, architecture: str = "",
               max_shard_bytes: int = 5 << 30, overwrite: bool = False) -> dict:
     """Our workdir or converted model -> a HF model directory at `out`."""
-    cfg, recorded = read_ours(checkpoint)
+    cfg, recorded = read_recorded(checkpoint, "checkpoint")
     if cfg.int8_weights:
         raise UserError(f"--checkpoint={checkpoint} holds int8 weights (infer.quantize); "
                         f"export the float model it was quantized from")

@@ -5,8 +5,6 @@ Its params are arguments of its own jitted forward pass, never constants of the 
 which (train/step.py, the same for every objective) only sees one more batch array.
 """
 
-import json
-import os
 
 import flax.linen as nn
 import jax
@@ -14,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from model import sharding
-from model.config import ModelConfig
+from model.config import ModelConfig, read_recorded
 from model.errors import UserError
 from model.transformer import build_model, init_inputs
 from train.checkpoint import restore_params
@@ -31,18 +29,7 @@ def read_teacher(cfg: TrainConfig) -> ModelConfig | None:
     if cfg.objective != "distill":
         raise UserError(f"--teacher is read only by --objective=distill (not "
                         f"--objective={cfg.objective}); drop it or pass --objective=distill")
-    if not os.path.isdir(cfg.teacher):
-        raise UserError(f"--teacher={cfg.teacher} is not a directory; point it at a training "
-                        f"workdir or a converted model")
-    path = os.path.join(cfg.teacher, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            teacher = ModelConfig.from_dict(json.load(f)["model"])
-    except FileNotFoundError:
-        raise UserError(f"--teacher={cfg.teacher} has no config.json; point it at a training "
-                        f"workdir or a converted model") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path} is unreadable ({e}); point --teacher at another run") from None
+    teacher, _ = read_recorded(cfg.teacher, "teacher")
     if teacher.family not in DISTILLED:
         raise UserError(f"--teacher={cfg.teacher} is a model of the {teacher.family} family; "
                         f"--objective=distill takes a decoder (clm) or encoder (mlm) teacher")

@@ -280,7 +280,7 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     task = get_task(cfg.objective)
     tx, schedule = make_optimizer(cfg)
     pretrained = read_pretrained(cfg, task)
-    base = pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
+    base = pretrained_model(pretrained) if pretrained else get_preset(cfg.preset)
     model_cfg = base.replace(**{name: getattr(cfg, name) for name in MODEL_OVERRIDES})
     task.check_family(model_cfg.family, f"--preset={cfg.preset}")
     if cfg.tokenizer and cfg.vocab_size is None and not pretrained:  # as prepare sizes it

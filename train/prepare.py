@@ -19,7 +19,7 @@ from data.hf_tokenizer import HFTokenizer
 from data.shards import ShardedBatches, host_shards
 from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from model import sharding
-from model.config import ModelConfig, get_preset
+from model.config import ModelConfig, get_preset, read_recorded
 from model.errors import UserError
 from train import distributed, ownership
 from train.distill import Teacher, check_student, read_teacher
@@ -171,33 +171,17 @@ def read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
             raise UserError("--objective=classify fine-tunes a pretrained encoder: pass "
                             "--init_from=WORKDIR of an mlm or mlm_nsp run")
         return None
-    if not os.path.exists(cfg.init_from):
-        raise UserError(f"--init_from={cfg.init_from} does not exist; point it at a training "
-                        f"workdir or a converted model")
-    path = os.path.join(cfg.init_from, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            pretrained = json.load(f)
-        family = pretrained["model"]["family"]
-    except FileNotFoundError:
-        raise UserError(f"--init_from={cfg.init_from} has no config.json; point it at a "
-                        f"training workdir or a converted model") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is unreadable ({e}); point --init_from at another run") from None
-    task.check_family(family, f"--init_from={cfg.init_from}")
-    if pretrained["model"].get("quant", "none") != "none":
+    model, pretrained = read_recorded(cfg.init_from, "init_from")
+    task.check_family(model.family, f"--init_from={cfg.init_from}")
+    if model.quant != "none":
         raise UserError(f"--init_from={cfg.init_from} is a quantized model (--quant="
-                        f"{pretrained['model']['quant']}), which cannot be trained; start from "
-                        f"the float model it was quantized from")
+                        f"{model.quant}), which cannot be trained; start from the float model "
+                        f"it was quantized from")
     return pretrained
 
 
-def pretrained_model(cfg: TrainConfig, pretrained: dict) -> ModelConfig:
-    try:
-        return ModelConfig.from_dict(pretrained["model"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"--init_from={cfg.init_from}: its config.json describes no valid model "
-                        f"({e})") from None
+def pretrained_model(pretrained: dict) -> ModelConfig:
+    return ModelConfig.from_dict(pretrained["model"])  # read_pretrained has validated it
 
 
 def _check_same_model(model: ModelConfig, pretrained: dict, cfg: TrainConfig) -> None:
@@ -279,7 +263,7 @@ def prepare(cfg: TrainConfig) -> Run:
     pretrained = read_pretrained(cfg, task)
     # Fine-tuning starts from the pretrained model as it is (an imported one matches no preset);
     # size flags may restate it, and _check_same_model refuses them if they change its shapes.
-    base = pretrained_model(cfg, pretrained) if pretrained else get_preset(cfg.preset)
+    base = pretrained_model(pretrained) if pretrained else get_preset(cfg.preset)
     model_cfg = base.replace(**overrides)
     if teacher:  # a student has the teacher's vocabulary unless the flags say otherwise
         if cfg.vocab_size is None and not pretrained:

@@ -103,10 +103,10 @@ def test_eval_through_a_float_cache_equals_the_plain_eval(workdir, tmp_path):
     path must reproduce the training loop's own eval exactly, so any change is the int8's."""
     from infer.compare import Request, eval_run, quality
     from infer.load import load
-    from model.convert import read_ours
+    from model.config import read_recorded
 
     request = Request(workdir, str(tmp_path / "out"), eval_batches=2)
-    run = eval_run(request, read_ours(workdir)[1])
+    run = eval_run(request, read_recorded(workdir, "checkpoint")[1])
     loaded = load(workdir)
     plain, cached = quality(run, loaded), quality(run, loaded, through_cache=True)
     assert cached["eval_tokens"] == plain["eval_tokens"] > 0

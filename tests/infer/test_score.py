@@ -76,5 +76,5 @@ def test_missing_checkpoint_exit_2(tmp_path):
     np.save(tmp_path / "tokens.npy", TOKENS)
     result = _score_cli(f"--checkpoint={tmp_path}/nothing", f"--tokens={tmp_path}/tokens.npy",
                         f"--out={tmp_path}/o.npy")
-    assert result.returncode == 2 and "config.json" in result.stderr
+    assert result.returncode == 2 and "nothing does not exist" in result.stderr
     assert not os.path.exists(tmp_path / "o.npy")

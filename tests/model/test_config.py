@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import pytest
 
-from model.config import PRESETS, ModelConfig, get_preset
+from model.config import PRESETS, ModelConfig, get_preset, read_recorded
 from model.errors import UserError
 from model.transformer import build_model, init_inputs
 
@@ -72,3 +72,24 @@ def test_decoder_layers_default_to_the_encoder_depth():
     assert cfg.decoder_layers == cfg.num_layers == 2
     assert cfg.replace(num_decoder_layers=3).decoder_layers == 3
     assert dataclasses.replace(get_preset("tiny"), num_layers=5).decoder_layers == 5
+
+
+def test_a_model_directory_reads_back_and_bad_ones_name_the_flag(tmp_path):
+    cfg = get_preset("tiny_bert")
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "flags": {"a": 1}}))
+    model, recorded = read_recorded(str(good), "teacher")
+    assert model == cfg and recorded["flags"] == {"a": 1}
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model": ')
+    for path, message in [(tmp_path / "nowhere", "--init_from=.*nowhere does not exist"),
+                          (tmp_path / "a_file", "--init_from=.*a_file is not a directory"),
+                          (tmp_path / "empty", "--init_from=.*empty has no config.json"),
+                          (broken, "broken/config.json is unreadable .*point --init_from")]:
+        with pytest.raises(UserError, match=message):
+            read_recorded(str(path), "init_from")

@@ -203,7 +203,7 @@ def _fake_teacher(path, preset, files_from=None):
 @pytest.mark.parametrize("case,flags,message", [
     ("no teacher", {}, "--objective=distill needs --teacher"),
     ("not a run", {"teacher": "EMPTY"}, "has no config.json"),
-    ("missing", {"teacher": "NOWHERE"}, "is not a directory"),
+    ("missing", {"teacher": "NOWHERE"}, "nowhere does not exist"),
     ("encoder_decoder", {"teacher": "T5", "preset": "tiny_t5"}, "of the encoder_decoder family"),
     ("vocab", {"teacher": "DECODER", "vocab_size": 256}, "differs from the teacher's 512"),
     ("family", {"teacher": "DECODER", "preset": "tiny_t5"}, "distill into a student of the"),

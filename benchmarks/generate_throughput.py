@@ -1,11 +1,8 @@
 """Greedy generation speed of meshlm's KV-cache engine against HF transformers LlamaForCausalLM
 (static cache) of the same random-init shape, merged into benchmarks/results/<date>-<device>.json."""
 
-import datetime
 import os
-import shlex
 import statistics
-import sys
 import time
 
 import flax.linen as nn
@@ -13,7 +10,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from benchmarks.train_throughput import device_info, device_slug, merge_into, versions
+from benchmarks.record import device_info, save_run
 from infer.bench import SIZE_FLAGS, bench_batch, random_loaded
 from infer.engine import _generate
 from infer.sampling import Sampling
@@ -151,11 +148,7 @@ def main(argv: list[str]) -> None:
         ours, peer, ratios = {**detail, **sides["ours"]}, {**sides["hf"], "framework": about}, \
             sides["ratio"]
     info = device_info()
-    run = {"benchmark": "generate_throughput",
-           "command": shlex.join(["python", "-m", "benchmarks.generate_throughput", *sys.argv[1:]]),
-           "time": datetime.datetime.now().isoformat(timespec="seconds"),
-           "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "config": {"preset": FLAGS.preset, "overrides": sizes, "batch_size": FLAGS.batch_size,
+    run = {"config": {"preset": FLAGS.preset, "overrides": sizes, "batch_size": FLAGS.batch_size,
                       "prompt_len": FLAGS.prompt_len, "new_tokens": FLAGS.new_tokens,
                       "repeats": FLAGS.repeats, "sampling": "greedy", "model": cfg.to_dict()},
            "ours": ours, "peer": peer, "ratio": ratios}
@@ -174,10 +167,7 @@ def main(argv: list[str]) -> None:
         if name in ratios:
             pairs = ", ".join(f"{r:.2f}" for r in ratios[name.split("_")[0] + "_per_pair"])
             print(f"ratio ours/hf {name}: {ratios[name]:.2f}x (median of pairs {pairs})")
-    out = FLAGS.out or os.path.join(os.path.dirname(__file__), "results",
-                                    f"{datetime.date.today()}-{device_slug(info)}.json")
-    merge_into(out, run, {"device": info, "versions": versions(), "date": str(datetime.date.today())})
-    print(f"wrote {out}")
+    print(f"wrote {save_run('generate_throughput', run, FLAGS.out)}")
 
 
 if __name__ == "__main__":

@@ -6,18 +6,14 @@ The issue-10 CPU target: int8 weights >= 1.5x our fp32 decode tokens/s at batch 
 llama_1b-shaped model with 4 layers (the defaults here).
 """
 
-import datetime
-import os
-import shlex
 import statistics
-import sys
 
 import jax
 import numpy as np
 from absl import flags
 
 from benchmarks.generate_throughput import hf_generate, ours_generate
-from benchmarks.train_throughput import device_info, device_slug, merge_into, versions
+from benchmarks.record import save_run
 from infer.bench import SIZE_FLAGS, random_loaded
 from infer.load import quantized, with_quant
 from model import quant
@@ -98,18 +94,11 @@ def main(argv: list[str]) -> None:
         for name, r in results[str(batch)].items():
             print(f"  {name:<18} {r['decode_tokens_per_s']:>10,.1f} tok/s "
                   f"{r['ratio_to_ours_fp32']:>6.2f}x ours fp32")
-    info = device_info()
-    run = {"benchmark": "quant_decode",
-           "command": shlex.join(["python", "-m", "benchmarks.quant_decode", *sys.argv[1:]]),
-           "time": datetime.datetime.now().isoformat(timespec="seconds"),
-           "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "config": {"preset": FLAGS.preset, "overrides": sizes, "prompt_len": FLAGS.prompt_len,
+    run = {"config": {"preset": FLAGS.preset, "overrides": sizes, "prompt_len": FLAGS.prompt_len,
                       "new_tokens": FLAGS.new_tokens, "repeats": FLAGS.repeats,
                       "sampling": "greedy", "model": cfg.to_dict()},
            "param_bytes": memory, "peers": peers, "results": results}
-    out = FLAGS.out or os.path.join(os.path.dirname(__file__), "results",
-                                    f"{datetime.date.today()}-{device_slug(info)}.json")
-    merge_into(out, run, {"device": info, "versions": versions(), "date": str(datetime.date.today())})
+    out = save_run("quant_decode", run, FLAGS.out)
     print("param bytes: " + ", ".join(f"{m} {b / 2**20:.1f} MiB" for m, b in memory.items()))
     print(f"wrote {out}")
 

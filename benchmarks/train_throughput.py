@@ -5,15 +5,9 @@ The HF peer is GPT-2 only: a config that is not GPT-2-shaped (RMSNorm, SwiGLU, R
 bias-free, e.g. the llama presets) still runs on our side, and its record says why the peer was skipped.
 """
 
-import datetime
-import importlib.metadata
-import json
 import math
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -22,6 +16,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from benchmarks.record import save_run
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError, run_command
@@ -34,7 +29,6 @@ from train.state import abstract_state, create_state
 from train.step import jit_train_step, make_train_step
 
 SIZE_FLAGS = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size")
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "transformers")
 FLAGS = flags.FLAGS
 
 
@@ -202,55 +196,6 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -
     return {"tokens": tokens, "segment_ids": np.ones(rows, np.int32), "positions": positions}
 
 
-def device_info() -> dict:
-    dev = jax.devices()[0]
-    info = {"platform": dev.platform, "device_kind": dev.device_kind, "count": jax.device_count(),
-            "cpu_count": os.cpu_count()}
-    if dev.platform == "cpu":
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu_model"] = names[0] if names else platform.processor()
-    return info
-
-
-def device_slug(info: dict) -> str:
-    """'cpu-2core', 'nvidia-h100', 'nvidia-h100x8': the results file name's device part."""
-    if info["platform"] == "cpu":
-        return f"cpu-{info['cpu_count']}core"
-    slug = "-".join(info["device_kind"].lower().split()[:2])
-    return slug + (f"x{info['count']}" if info["count"] > 1 else "")
-
-
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def merge_into(path: str, run: dict, header: dict) -> None:
-    """Appends `run` to the file's "runs" (earlier runs kept); the header fields are refreshed."""
-    results = {"runs": []}
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                results = json.load(f)
-            assert isinstance(results, dict) and isinstance(results.get("runs"), list)
-        except (OSError, ValueError, AssertionError):
-            raise UserError(f"--out={path} exists but is not a results file with a 'runs' list; "
-                            "move it or choose another --out") from None
-    results = {**results, **header, "runs": [*results["runs"], run]}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def table(run: dict) -> str:
     def row(name: str, r: dict) -> str:
         if "skipped" in r:
@@ -279,26 +224,18 @@ def main(argv: list[str]) -> None:
     cfg = model_config(FLAGS.preset, FLAGS.seq_len, FLAGS.dtype, **overrides)
     # AdamW with the default TrainConfig's hyperparameters; warmup is sized so the lr is nonzero.
     train_cfg = TrainConfig(steps=FLAGS.warmup + FLAGS.steps, warmup_steps=1, seed=FLAGS.seed)
-    info = device_info()
-    out = FLAGS.out or os.path.join(os.path.dirname(__file__), "results",
-                                    f"{datetime.date.today()}-{device_slug(info)}.json")
     batch = synthetic_batch(FLAGS.batch_size, FLAGS.seq_len, cfg.vocab_size, FLAGS.seed)
     ours = run_ours(cfg, train_cfg, batch, FLAGS.mesh, FLAGS.warmup, FLAGS.steps)
     peer = {"skipped": "--peer=none"}
     if FLAGS.peer == "hf":
         peer = run_hf_peer(cfg, train_cfg, batch["tokens"], FLAGS.warmup, FLAGS.steps)
-    run = {"benchmark": "train_throughput",
-           "command": shlex.join(["python", "-m", "benchmarks.train_throughput", *sys.argv[1:]]),
-           "time": datetime.datetime.now().isoformat(timespec="seconds"),
-           "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "config": {"preset": FLAGS.preset, "overrides": overrides, "batch_size": FLAGS.batch_size,
+    run = {"config": {"preset": FLAGS.preset, "overrides": overrides, "batch_size": FLAGS.batch_size,
                       "seq_len": FLAGS.seq_len, "dtype": FLAGS.dtype, "mesh": FLAGS.mesh,
                       "steps": FLAGS.steps, "warmup": FLAGS.warmup, "model": cfg.to_dict()},
            "ours": ours, "peer": peer,
            "ratio": ours["tokens_per_s"] / peer["tokens_per_s"] if "tokens_per_s" in peer else None}
     print(table(run))
-    merge_into(out, run, {"device": info, "versions": versions(), "date": str(datetime.date.today())})
-    print(f"wrote {out}")
+    print(f"wrote {save_run('train_throughput', run, FLAGS.out)}")
 
 
 if __name__ == "__main__":

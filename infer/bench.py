@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from benchmarks.train_throughput import device_info, versions
+from benchmarks.record import device_info, versions
 from infer.engine import _generate, init_cache
 from infer.load import Loaded
 from infer.roofline import component_work, device_peaks

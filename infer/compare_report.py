@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
-from benchmarks.train_throughput import device_info, versions
+from benchmarks.record import device_info, versions
 
 NAMES = ("compare.json", "compare.md", "compare.png")
 _FOOTNOTES = (

@@ -19,7 +19,7 @@ import jax
 from absl import flags
 from tqdm import tqdm
 
-from benchmarks.train_throughput import device_info, versions
+from benchmarks.record import device_info, versions
 from infer.bench import SIZE_FLAGS, parse_batch_sizes, resolve
 from infer.components import COMPONENTS, Shape, measure
 from infer.load import quantized, with_quant

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from benchmarks import record
 from benchmarks import train_throughput as tt
 from train.flags import TrainConfig
 
@@ -22,7 +23,8 @@ def test_tiny_run_measures_both_sides_and_merges(tmp_path):
     assert ours["tokens_per_s"] > 0 and peer["tokens_per_s"] > 0
     out = tmp_path / "r.json"
     for i in range(2):
-        tt.merge_into(str(out), {"i": i}, {"device": tt.device_info(), "versions": tt.versions()})
+        record.merge_into(str(out), {"i": i}, {"device": record.device_info(),
+                                               "versions": record.versions()})
     assert [r["i"] for r in json.loads(out.read_text())["runs"]] == [0, 1]
 
 

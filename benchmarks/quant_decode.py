@@ -13,7 +13,7 @@ import numpy as np
 from absl import flags
 
 from benchmarks.generate_throughput import hf_generate, ours_generate
-from benchmarks.record import save_run
+from benchmarks.record import default_path, read_results, save_run
 from infer.bench import SIZE_FLAGS, random_loaded
 from infer.load import quantized, with_quant
 from model import quant
@@ -69,6 +69,7 @@ def measure(sides: dict, batch: int, new_tokens: int, repeats: int) -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    read_results(FLAGS.out or default_path())  # a bad --out is refused before the timing
     if jax.device_count() != 1:
         raise UserError("this benchmark compares one device with one torch process; run it "
                         "without forced host device counts")

@@ -47,17 +47,24 @@ def versions() -> dict:
     return found
 
 
+def read_results(path: str) -> dict:
+    """The results file at `path` ({"runs": []} if there is none yet). Benchmarks call it before
+    they start too, so a bad --out is refused before minutes of timing, not after."""
+    if not os.path.exists(path):
+        return {"runs": []}
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        assert isinstance(results, dict) and isinstance(results.get("runs"), list)
+    except (OSError, ValueError, AssertionError):
+        raise UserError(f"--out={path} exists but is not a results file with a 'runs' list; "
+                        "move it or choose another --out") from None
+    return results
+
+
 def merge_into(path: str, run: dict, header: dict) -> None:
     """Appends `run` to the file's "runs" (earlier runs kept); the header fields are refreshed."""
-    results = {"runs": []}
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                results = json.load(f)
-            assert isinstance(results, dict) and isinstance(results.get("runs"), list)
-        except (OSError, ValueError, AssertionError):
-            raise UserError(f"--out={path} exists but is not a results file with a 'runs' list; "
-                            "move it or choose another --out") from None
+    results = read_results(path)
     results = {**results, **header, "runs": [*results["runs"], run]}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"

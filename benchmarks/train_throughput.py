@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from benchmarks.record import save_run
+from benchmarks.record import default_path, read_results, save_run
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError, run_command
@@ -219,6 +219,7 @@ def table(run: dict) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    read_results(FLAGS.out or default_path())  # a bad --out is refused before the timing
     overrides = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
     check_numbers(FLAGS.batch_size, FLAGS.seq_len, FLAGS.steps, FLAGS.warmup)
     cfg = model_config(FLAGS.preset, FLAGS.seq_len, FLAGS.dtype, **overrides)

@@ -40,3 +40,15 @@ def test_bad_preset_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown preset")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("script", ["train_throughput", "generate_throughput", "quant_decode"])
+def test_a_bad_results_file_is_refused_before_timing_and_kept(script, tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text('{"not": "runs"}')
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", f"--out={out}"],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --out={out} exists but is "
+                                                            "not a results file")
+    assert out.read_text() == '{"not": "runs"}'

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from benchmarks.record import default_path, device_info, read_results, save_run
+from benchmarks.record import device_info, results_path, save_run
 from infer.bench import SIZE_FLAGS, bench_batch, random_loaded
 from infer.engine import _generate
 from infer.sampling import Sampling
@@ -123,7 +123,7 @@ def paired(ours, hf, batch: int, new_tokens: int, repeats: int) -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-    read_results(FLAGS.out or default_path())  # a bad --out is refused before the timing
+    out = results_path(FLAGS.out)
     for name in ("batch_size", "prompt_len", "new_tokens", "repeats"):
         if FLAGS[name].value <= 0:
             raise UserError(f"--{name} must be a positive integer, got {FLAGS[name].value}")
@@ -168,7 +168,8 @@ def main(argv: list[str]) -> None:
         if name in ratios:
             pairs = ", ".join(f"{r:.2f}" for r in ratios[name.split("_")[0] + "_per_pair"])
             print(f"ratio ours/hf {name}: {ratios[name]:.2f}x (median of pairs {pairs})")
-    print(f"wrote {save_run('generate_throughput', run, FLAGS.out)}")
+    save_run("generate_throughput", run, out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 from absl import flags
 
 from benchmarks.generate_throughput import hf_generate, ours_generate
-from benchmarks.record import default_path, read_results, save_run
+from benchmarks.record import results_path, save_run
 from infer.bench import SIZE_FLAGS, random_loaded
 from infer.load import quantized, with_quant
 from model import quant
@@ -76,11 +76,12 @@ def measure(sides: dict, batch: int, new_tokens: int, repeats: int, base: str = 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-    read_results(FLAGS.out or default_path())  # a bad --out is refused before the timing
+    out = results_path(FLAGS.out)
     if jax.device_count() != 1:
         raise UserError("this benchmark compares one device with one torch process; run it "
                         "without forced host device counts")
     sizes = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
+    baseline = SHORT[FLAGS.dtype]
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     cfg = get_preset(FLAGS.preset).replace(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, **sizes)
     cfg = cfg.replace(max_len=max(cfg.max_len, FLAGS.prompt_len + FLAGS.new_tokens))
@@ -97,18 +98,17 @@ def main(argv: list[str]) -> None:
                 generate, peers[name] = hf_generate(cfg, tokens, int8=int8)
                 if generate is not None:
                     sides[name] = generate
-        results[str(batch)] = measure(sides, batch, FLAGS.new_tokens, FLAGS.repeats,
-                                      SHORT[FLAGS.dtype])
+        results[str(batch)] = measure(sides, batch, FLAGS.new_tokens, FLAGS.repeats, baseline)
         print(f"batch {batch}:")
         for name, r in results[str(batch)].items():
             print(f"  {name:<18} {r['decode_tokens_per_s']:>10,.1f} tok/s "
-                  f"{r[f'ratio_to_ours_{SHORT[FLAGS.dtype]}']:>6.2f}x ours {SHORT[FLAGS.dtype]}")
+                  f"{r[f'ratio_to_ours_{baseline}']:>6.2f}x ours {baseline}")
     run = {"config": {"preset": FLAGS.preset, "overrides": sizes, "dtype": FLAGS.dtype,
                       "prompt_len": FLAGS.prompt_len,
                       "new_tokens": FLAGS.new_tokens, "repeats": FLAGS.repeats,
                       "sampling": "greedy", "model": cfg.to_dict()},
            "param_bytes": memory, "peers": peers, "results": results}
-    out = save_run("quant_decode", run, FLAGS.out)
+    save_run("quant_decode", run, out)
     print("param bytes: " + ", ".join(f"{m} {b / 2**20:.1f} MiB" for m, b in memory.items()))
     print(f"wrote {out}")
 

@@ -48,8 +48,7 @@ def versions() -> dict:
 
 
 def read_results(path: str) -> dict:
-    """The results file at `path` ({"runs": []} if there is none yet). Benchmarks call it before
-    they start too, so a bad --out is refused before minutes of timing, not after."""
+    """The results file at `path` ({"runs": []} if there is none yet)."""
     if not os.path.exists(path):
         return {"runs": []}
     try:
@@ -74,19 +73,22 @@ def merge_into(path: str, run: dict, header: dict) -> None:
     os.replace(tmp, path)
 
 
-def default_path() -> str:
-    """Today's results file for this device."""
-    return os.path.join(RESULTS, f"{datetime.date.today()}-{device_slug(device_info())}.json")
+def results_path(out: str) -> str:
+    """--out, or else today's results file for this device; checked when a benchmark starts, so
+    a bad file is refused before minutes of timing, not after."""
+    path = out
+    if not path:
+        path = os.path.join(RESULTS, f"{datetime.date.today()}-{device_slug(device_info())}.json")
+    read_results(path)
+    return path
 
 
-def save_run(benchmark: str, body: dict, out: str = "") -> str:
+def save_run(benchmark: str, body: dict, out: str) -> None:
     """Appends one run of `python -m benchmarks.<benchmark>` (its config and numbers in `body`) to
-    `out` (default: today's file for this device) and returns the path written."""
-    out = out or default_path()
+    the results file `out` (from results_path)."""
     run = {"benchmark": benchmark,
            "command": shlex.join(["python", "-m", f"benchmarks.{benchmark}", *sys.argv[1:]]),
            "time": datetime.datetime.now().isoformat(timespec="seconds"),
            "xla_flags": os.environ.get("XLA_FLAGS", ""), **body}
     merge_into(out, run, {"device": device_info(), "versions": versions(),
                           "date": str(datetime.date.today())})
-    return out

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from benchmarks.record import default_path, read_results, save_run
+from benchmarks.record import results_path, save_run
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.errors import UserError, run_command
@@ -219,7 +219,7 @@ def table(run: dict) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-    read_results(FLAGS.out or default_path())  # a bad --out is refused before the timing
+    out = results_path(FLAGS.out)
     overrides = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
     check_numbers(FLAGS.batch_size, FLAGS.seq_len, FLAGS.steps, FLAGS.warmup)
     cfg = model_config(FLAGS.preset, FLAGS.seq_len, FLAGS.dtype, **overrides)
@@ -236,7 +236,8 @@ def main(argv: list[str]) -> None:
            "ours": ours, "peer": peer,
            "ratio": ours["tokens_per_s"] / peer["tokens_per_s"] if "tokens_per_s" in peer else None}
     print(table(run))
-    print(f"wrote {save_run('train_throughput', run, FLAGS.out)}")
+    save_run("train_throughput", run, out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ Its params are arguments of its own jitted forward pass, never constants of the 
 which (train/step.py, the same for every objective) only sees one more batch array.
 """
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

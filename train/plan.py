@@ -265,7 +265,6 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     from train.prepare import (  # prepare's own checks: a plan refuses what a run would
         check_batch,
         check_numbers,
-        pretrained_model,
         read_pretrained,
     )
     from train.state import abstract_state
@@ -280,10 +279,10 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     task = get_task(cfg.objective)
     tx, schedule = make_optimizer(cfg)
     pretrained = read_pretrained(cfg, task)
-    base = pretrained_model(pretrained) if pretrained else get_preset(cfg.preset)
+    base = pretrained if pretrained is not None else get_preset(cfg.preset)
     model_cfg = base.replace(**{name: getattr(cfg, name) for name in MODEL_OVERRIDES})
     task.check_family(model_cfg.family, f"--preset={cfg.preset}")
-    if cfg.tokenizer and cfg.vocab_size is None and not pretrained:  # as prepare sizes it
+    if cfg.tokenizer and cfg.vocab_size is None and pretrained is None:  # as prepare sizes it
         model_cfg = model_cfg.replace(vocab_size=load_tokenizer(cfg.tokenizer).vocab_size)
     if cfg.dcn_mesh.strip():  # one process has no hosts to lay out: the same shape, plainly
         sizes = mesh_sizes(cfg, jax.device_count())
@@ -320,7 +319,7 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     n = mesh.size
     tokens_per_step = cfg.batch_size * task.tokens_per_row(cfg)
     plan = plan_report.Plan(
-        model=cfg.preset if not pretrained else cfg.init_from, objective=cfg.objective,
+        model=cfg.preset if pretrained is None else cfg.init_from, objective=cfg.objective,
         num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"])),
         devices=n, mesh=dict(mesh.shape), dcn_mesh=cfg.dcn_mesh, compiled_on=compiled_on, compile_s=compile_s,
         tokens_per_step=tokens_per_step,

@@ -164,28 +164,24 @@ def _check_pretrained_checkpoint(cfg: TrainConfig, model: ModelConfig, mesh: Mes
     match_pretrained(cfg.init_from, abstract["params"])
 
 
-def read_pretrained(cfg: TrainConfig, task: Task) -> dict | None:
+def read_pretrained(cfg: TrainConfig, task: Task) -> ModelConfig | None:
     """config.json of the --init_from run; --objective=classify requires one."""
     if not cfg.init_from:
         if task.name == "classify":
             raise UserError("--objective=classify fine-tunes a pretrained encoder: pass "
                             "--init_from=WORKDIR of an mlm or mlm_nsp run")
         return None
-    model, pretrained = read_recorded(cfg.init_from, "init_from")
-    task.check_family(model.family, f"--init_from={cfg.init_from}")
-    if model.quant != "none":
+    pretrained, _ = read_recorded(cfg.init_from, "init_from")  # fields added since: defaults
+    task.check_family(pretrained.family, f"--init_from={cfg.init_from}")
+    if pretrained.quant != "none":
         raise UserError(f"--init_from={cfg.init_from} is a quantized model (--quant="
-                        f"{model.quant}), which cannot be trained; start from the float model "
-                        f"it was quantized from")
+                        f"{pretrained.quant}), which cannot be trained; start from the float "
+                        f"model it was quantized from")
     return pretrained
 
 
-def pretrained_model(pretrained: dict) -> ModelConfig:
-    return ModelConfig.from_dict(pretrained["model"])  # read_pretrained has validated it
-
-
-def _check_same_model(model: ModelConfig, pretrained: dict, cfg: TrainConfig) -> None:
-    theirs = ModelConfig.from_dict(pretrained["model"]).to_dict()  # fields added since: defaults
+def _check_same_model(model: ModelConfig, pretrained: ModelConfig, cfg: TrainConfig) -> None:
+    theirs = pretrained.to_dict()
     changed = sorted(k for k, v in model.to_dict().items()
                      if k not in _COMPUTE_ONLY and theirs.get(k) != v)
     if changed:
@@ -263,10 +259,10 @@ def prepare(cfg: TrainConfig) -> Run:
     pretrained = read_pretrained(cfg, task)
     # Fine-tuning starts from the pretrained model as it is (an imported one matches no preset);
     # size flags may restate it, and _check_same_model refuses them if they change its shapes.
-    base = pretrained_model(pretrained) if pretrained else get_preset(cfg.preset)
+    base = pretrained if pretrained is not None else get_preset(cfg.preset)
     model_cfg = base.replace(**overrides)
     if teacher:  # a student has the teacher's vocabulary unless the flags say otherwise
-        if cfg.vocab_size is None and not pretrained:
+        if cfg.vocab_size is None and pretrained is None:
             model_cfg = model_cfg.replace(vocab_size=teacher.vocab_size)
         check_student(cfg, model_cfg, teacher)
     task.check_family(model_cfg.family, f"--preset={cfg.preset}")
@@ -316,19 +312,19 @@ def prepare(cfg: TrainConfig) -> Run:
 
 
 def _resolve_model(cfg: TrainConfig, task: Task, data: Data, tokenizer: Tokenizer | HFTokenizer,
-                   model_cfg: ModelConfig, pretrained: dict | None,
+                   model_cfg: ModelConfig, pretrained: ModelConfig | None,
                    previous: dict | None, sized: bool = False) -> ModelConfig:
     """The model's vocab and task settings, checked against the tokenizer, the --init_from model
     and the model of the run already in the workdir. `sized`: its vocab_size is already set (a
     distilled student's is its teacher's)."""
-    if cfg.vocab_size is None and not pretrained and not sized:
+    if cfg.vocab_size is None and pretrained is None and not sized:
         model_cfg = model_cfg.replace(vocab_size=tokenizer.vocab_size)
     elif model_cfg.vocab_size < tokenizer.vocab_size:
         raise UserError(f"the model's vocab_size={model_cfg.vocab_size} is smaller than the "
                         f"tokenizer's {tokenizer.vocab_size} pieces ({tokenizer.path}); use the "
                         f"model's own tokenizer or a larger --vocab_size")
     model_cfg = task.resolve_model(model_cfg, cfg, data)
-    if pretrained:
+    if pretrained is not None:
         _check_same_model(model_cfg, pretrained, cfg)
     if previous and previous.get("model") != model_cfg.to_dict():
         changed = sorted(k for k, v in model_cfg.to_dict().items()

@@ -1,6 +1,6 @@
 """meshlm: sharded Transformer language models in JAX/Flax (GPT/Llama, BERT, T5)."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Lower bounds are the versions tested on CPU (Python 3.11) and on the GPU machine (Python 3.12).
 INSTALL_REQUIRES = [
@@ -27,7 +27,7 @@ setup(
     version="0.1.0",
     description="Sharded Transformer language models in JAX/Flax: train, checkpoint, infer.",
     python_requires=">=3.11",
-    packages=["model", "train", "data", "infer", "benchmarks"],
+    packages=find_packages(include=["runtime*", "model*", "data*", "train*", "infer*", "benchmarks*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch is pinned to the CPU wheel so tests never pull a multi-GB CUDA build.

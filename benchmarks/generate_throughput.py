@@ -12,11 +12,12 @@ from absl import flags
 
 from benchmarks.record import device_info, results_path, save_run
 from infer.bench import SIZE_FLAGS, bench_batch, random_loaded
-from infer.engine import _generate
-from infer.sampling import Sampling
+from infer.engine.engine import _generate
+from infer.engine.sampling import Sampling
 from model import sharding
 from model.config import ModelConfig, get_preset
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 

@@ -17,10 +17,11 @@ from absl import flags
 from benchmarks.generate_throughput import hf_generate, ours_generate
 from benchmarks.record import results_path, save_run
 from infer.bench import SIZE_FLAGS, random_loaded
-from infer.load import quantized, with_quant
+from infer.engine.load import quantized, with_quant
 from model import quant
 from model.config import get_preset
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 MODES = ("none", "int8", "int8_kv", "int8+int8_kv")

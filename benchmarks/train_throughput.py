@@ -19,10 +19,12 @@ from absl import flags
 from benchmarks.record import results_path, save_run
 from model import sharding
 from model.config import ModelConfig, get_preset
-from model.errors import UserError, run_command
 from model.transformer import build_model
+from runtime.command import run_command
+from runtime.errors import UserError
+from runtime.hardware import peak_flops
 from train.flags import TrainConfig
-from train.metrics import peak_flops, train_flops_per_token
+from train.metrics import train_flops_per_token
 from train.objectives import clm
 from train.optimizer import make_optimizer
 from train.state import abstract_state, create_state

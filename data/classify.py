@@ -14,7 +14,7 @@ from data.mlm import special_ids
 from data.records import fingerprint, read_records, split
 from data.stdlib_functions import stdlib_functions
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 STDLIB_SOURCE = "stdlib:packages"
 DEFAULT_NUM_CLASSES = 8

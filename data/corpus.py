@@ -11,7 +11,7 @@ import os
 import platform
 from collections.abc import Sequence
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 _SKIP_DIRS = {"site-packages", "__pycache__", "test", "tests", "idle_test"}

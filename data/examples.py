@@ -9,7 +9,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 Batch = dict[str, np.ndarray]
 # Turns one item into a dict of fixed-shape int32 arrays; the generator is seeded by (seed, shard,

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 import tokenizers
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 # Files beside tokenizer.json that name the special tokens. Later files win, as in transformers,
 # where tokenizer_config.json overrides the older special_tokens_map.json.

@@ -12,7 +12,7 @@ import numpy as np
 from data.examples import derived_seed
 from data.pipeline import packed_dataset
 from data.tokenizer import BERT_SYMBOLS, Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 MASK_RATE = 0.15
 # Of the chosen positions: the first 80% of [0, 1) -> [MASK], the next 10% -> random, rest kept.

@@ -13,7 +13,7 @@ from data.examples import example_dataset, pad_row, shard_items
 from data.mlm import MASK_RATE, check_mask_rate, mask_tokens, ordinary_ids, special_ids
 from data.pipeline import CHARS_PER_TOKEN, _chunks
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 IS_NEXT, IS_RANDOM = 0, 1  # nsp_labels, as in BERT and HF transformers
 MIN_LENGTH = 5  # [CLS] a [SEP] b [SEP]

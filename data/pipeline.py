@@ -10,7 +10,7 @@ import grain
 import numpy as np
 
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32[batch, length]
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from data.corpus import expand_spec, read_text
-from model.errors import UserError
+from runtime.errors import UserError
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from data.examples import example_dataset, pad_row, shard_items
 from data.records import fingerprint, read_records, split
 from data.stdlib_functions import stdlib_functions
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 STDLIB_SOURCE = "stdlib:docstrings"
 

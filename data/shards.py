@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 Batch = dict[str, np.ndarray]
 

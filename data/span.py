@@ -15,7 +15,7 @@ import numpy as np
 from data.examples import derived_seed, pad_row
 from data.pipeline import packed_dataset
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 NOISE_DENSITY = 0.15
 MEAN_SPAN_LENGTH = 3.0

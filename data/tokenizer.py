@@ -13,7 +13,7 @@ import sentencepiece as spm
 
 from data.corpus import sample
 from data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # Pieces the BERT formats need (data/mlm.py, data/nsp.py, data/classify.py). Trained in with
@@ -204,6 +204,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from model.errors import run_command
+    from runtime.command import run_command
 
     run_command(main, _define_flags, "data.tokenizer")

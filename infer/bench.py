@@ -15,15 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from benchmarks.record import device_info, versions
-from infer.engine import _generate, init_cache
-from infer.load import Loaded
-from infer.roofline import component_work, device_peaks
-from infer.sampling import Sampling, sample
+from infer.engine.engine import _generate, init_cache
+from infer.engine.load import Loaded
+from infer.engine.sampling import Sampling, sample
+from infer.timing.roofline import component_work, device_peaks
 from model import sharding
 from model.config import ModelConfig, get_preset
-from model.errors import UserError, run_command
 from model.transformer import build_model, init_inputs
+from runtime.command import run_command
+from runtime.errors import UserError
+from runtime.provenance import device_info, versions
 
 SIZE_FLAGS = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size")
 FLAGS = flags.FLAGS
@@ -78,7 +79,7 @@ def resolve(checkpoint: str | None, preset: str | None, sizes: dict, dtype: str 
     if bool(checkpoint) == bool(preset):
         raise UserError("give exactly one of --checkpoint=PATH or --preset=NAME")
     if checkpoint:
-        from infer.load import load, read_config
+        from infer.engine.load import load, read_config
 
         if sizes:
             raise UserError(f"size flags {sorted(sizes)} only apply to --preset; a checkpoint's "
@@ -168,7 +169,7 @@ def bench_batch(loaded: Loaded, batch: int, prompt_len: int, new_tokens: int, re
 
     tpot = statistics.fmean(latencies)
     # Bytes a decode step must move at the mean context: each weight once (of the embedding
-    # table only the rows looked up), the KV cache, activations (infer/roofline.py formulas).
+    # table only the rows looked up), the KV cache, activations (infer/timing/roofline.py formulas).
     mean_context = round(prompt_len + (new_tokens - 1) / 2)
     work = component_work(cfg, batch, 1, mean_context)
     step_bytes = sum(w.bytes for w in work.values())
@@ -215,7 +216,7 @@ def table(results: list[dict], title: str) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-    from infer.load import quantized, with_quant
+    from infer.engine.load import quantized, with_quant
 
     with_quant(get_preset("tiny"), FLAGS.quant)  # a bad --quant is refused before any work
     for name in ("prompt_len", "new_tokens", "repeats"):

@@ -1,6 +1,6 @@
 """`python -m infer.compare --checkpoint=PATH --out=DIR`: the ways to make a decoder answer faster
 (int8 weights, int8 KV cache, pruning, distillation, speculative decoding) side by side with the
-model as saved: held-out quality, size and serving speed, one row each (infer/compare_report.py
+model as saved: held-out quality, size and serving speed, one row each (infer/compress/compare_report.py
 writes the table and the plot).
 """
 
@@ -18,17 +18,18 @@ from absl import flags
 from flax import traverse_util
 
 from infer.bench import bench_batch, parse_batch_sizes
-from infer.compare_report import write_outputs
-from infer.engine import init_cache
-from infer.load import Loaded, load, quantized, read_config, with_quant
+from infer.compress.compare_report import write_outputs
+from infer.engine.engine import init_cache
+from infer.engine.load import Loaded, load, quantized, read_config, with_quant
+from infer.engine.sampling import Sampling
+from infer.engine.speculative import check_pair, speculative_generate
 from infer.prune import Request as PruneRequest
 from infer.prune import prune_checkpoint, source_flags
-from infer.sampling import Sampling
-from infer.speculative import check_pair, speculative_generate
 from model import sharding
 from model.config import ModelConfig, read_recorded
-from model.errors import UserError, run_command
 from model.quant import param_bytes
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 VARIANTS = ("baseline", "int8", "int8+KV", "pruned", "distilled", "speculative")

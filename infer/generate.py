@@ -3,7 +3,7 @@ continuation to the console; `--json=OUT` also writes prompt and generated ids a
 
 For an encoder-decoder model the prompt is the source and the output its generated target;
 `--num_beams>1` runs beam search there (the best hypothesis is printed when the search ends).
-`--draft=PATH` decodes a decoder-only model speculatively (infer/speculative.py)."""
+`--draft=PATH` decodes a decoder-only model speculatively (infer/engine/speculative.py)."""
 
 import json
 import math
@@ -12,7 +12,8 @@ import sys
 
 from absl import flags
 
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -104,8 +105,8 @@ def _check_family(family: str) -> None:
 
 def _check_draft(family: str) -> None:
     """Refuses a --draft the target cannot use, from the configs alone (before any loading)."""
-    from infer.load import read_config
-    from infer.speculative import check_pair
+    from infer.engine.load import read_config
+    from infer.engine.speculative import check_pair
 
     if FLAGS.draft_tokens < 1:
         raise UserError(f"--draft_tokens must be >= 1, got {FLAGS.draft_tokens}")
@@ -125,7 +126,7 @@ def _check_draft(family: str) -> None:
 
 def _speculative(loaded, draft, prompt_ids: list[list[int]], sampling, eos_id: int, stream):
     """(generated ids per prompt, the added-up stats), each prompt decoded speculatively."""
-    from infer.speculative import speculative_generate, summarize
+    from infer.engine.speculative import speculative_generate, summarize
 
     out, stats = [], []
     for row, prompt in enumerate(prompt_ids):
@@ -144,7 +145,7 @@ def _speculative(loaded, draft, prompt_ids: list[list[int]], sampling, eos_id: i
 
 def _seq2seq(loaded, tok, prompts: list[str], sampling, stream):
     """(source ids as the encoder reads them, generated ids) for an encoder-decoder model."""
-    from infer import beam, seq2seq
+    from infer.engine import beam, seq2seq
 
     # Training ends every source with EOS (data/seq2seq.py, data/span.py); so does inference.
     source_ids = [tok.encode(p).tolist() + [tok.eos_id] for p in prompts]
@@ -160,9 +161,9 @@ def _seq2seq(loaded, tok, prompts: list[str], sampling, stream):
 
 def main(argv: list[str]) -> None:
     del argv
-    from infer.engine import generate
-    from infer.load import load, read_config
-    from infer.sampling import Sampling
+    from infer.engine.engine import generate
+    from infer.engine.load import load, read_config
+    from infer.engine.sampling import Sampling
 
     if not FLAGS.checkpoint:
         raise UserError("--checkpoint is required")

@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 from flax import traverse_util
 
-from infer.prune_params import SCORES, count, prune, targets
+from infer.compress.prune_params import SCORES, count, prune, targets
 from model import sharding
 from model.config import ModelConfig, read_recorded
 from model.convert import (
@@ -30,8 +30,9 @@ from model.convert import (
     staging_dir,
     write_model_dir,
 )
-from model.errors import UserError, run_command
 from model.transformer import build_model, init_inputs
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 # Size flags a run records; they restate the unpruned shapes, which --init_from of the pruned

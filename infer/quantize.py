@@ -14,7 +14,8 @@ from flax import traverse_util
 
 from model import quant
 from model.convert import check_out, copy_tokenizer, move_into_place, staging_dir, write_model_dir
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -30,7 +31,7 @@ def quantize_dir(checkpoint: str, out: str, mode: str = "int8", overwrite: bool 
     """Quantizes `checkpoint` into `out` (written beside it, renamed into place when whole).
     Returns {"params_bytes_before", "params_bytes_after"}."""
     # jax and the model load only for a valid request
-    from infer.load import load, quantized, read_config, with_quant
+    from infer.engine.load import load, quantized, read_config, with_quant
 
     check_out(out, overwrite)
     if read_config(checkpoint).int8_weights:

@@ -3,7 +3,7 @@ of inference. Where each token's time goes (embedding, attention, MLP, norms, ou
 sampling, host overhead) in prefill and decode, how that moves with context length and batch, and
 where each part sits on the device's roofline. Writes report.json, report.md and PNG plots.
 
-Times are measured (isolated compiled sub-programs, see infer/components.py); FLOPs and bytes come
+Times are measured (isolated compiled sub-programs, see infer/timing/components.py); FLOPs and bytes come
 from our formulas and from XLA's cost analysis side by side, and the roofline time they imply is
 shown next to the measured one.
 """
@@ -19,16 +19,17 @@ import jax
 from absl import flags
 from tqdm import tqdm
 
-from benchmarks.record import device_info, versions
 from infer.bench import SIZE_FLAGS, parse_batch_sizes, resolve
-from infer.components import COMPONENTS, Shape, measure
-from infer.load import quantized, with_quant
-from infer.report_text import markdown
-from infer.roofline import Peaks, Work, component_work, device_peaks
-from infer.sampling import Sampling
+from infer.engine.load import quantized, with_quant
+from infer.engine.sampling import Sampling
+from infer.timing.components import COMPONENTS, Shape, measure
+from infer.timing.report_text import markdown
+from infer.timing.roofline import Peaks, Work, component_work, device_peaks
 from model import sharding
 from model.config import get_preset
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
+from runtime.provenance import device_info, versions
 
 FLAGS = flags.FLAGS
 
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> None:
         raise UserError("give exactly one of --checkpoint=PATH or --preset=NAME")
     max_len = None
     if FLAGS.checkpoint:
-        from infer.load import read_config
+        from infer.engine.load import read_config
 
         max_len = read_config(FLAGS.checkpoint).max_len
     _check(contexts, max_len)
@@ -181,7 +182,7 @@ def main(argv: list[str]) -> None:
     }
     os.makedirs(FLAGS.out, exist_ok=True)
     _write(os.path.join(FLAGS.out, "report.json"), json.dumps(report, indent=2) + "\n")
-    from infer.report_plots import plot_all
+    from infer.timing.report_plots import plot_all
 
     plots = plot_all(report, FLAGS.out)
     _write(os.path.join(FLAGS.out, "report.md"), markdown(report, plots))

@@ -13,7 +13,8 @@ import numpy as np
 from absl import flags
 
 from model import sharding
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -76,7 +77,7 @@ def score(loaded, tokens: np.ndarray, decoder_tokens: np.ndarray | None = None) 
 
 def main(argv: list[str]) -> None:
     del argv
-    from infer.load import load, read_config
+    from infer.engine.load import load, read_config
 
     for name in ("checkpoint", "tokens", "out"):
         if not FLAGS[name].value:

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder")
 NORMS = ("layernorm", "rmsnorm")

@@ -24,11 +24,12 @@ from flax import traverse_util
 
 from model import sharding
 from model.config import ModelConfig, read_recorded
-from model.errors import UserError, run_command
 from model.hf import architectures, files
 from model.hf.fields import token_ids
 from model.hf.rules import export_tensors, import_params
 from model.transformer import build_model, init_inputs
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 

@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

@@ -34,7 +34,7 @@ class Decoder(nn.Module):
                  cache_index: Array | None = None,
                  kv_segments: Array | None = None,
                  last_only: bool = False) -> Array | tuple[Array, dict]:
-        """With `cache` (see `infer/engine.py`) returns (logits, updated cache). `last_only`
+        """With `cache` (see `infer/engine/engine.py`) returns (logits, updated cache). `last_only`
         computes logits at the last position alone ([batch, 1, vocab]): a prefill needs no
         more, and the output projection over a whole prompt would cost it ~vocab/d_model times
         a layer's matmuls per token."""

@@ -4,21 +4,12 @@ import sys
 
 from absl import app, flags, logging
 
-from model.errors import UserError, exit_with
+from runtime.command import parse_flags
+from runtime.errors import UserError, exit_with
 from train.flags import config_from_flags, define_flags
 
 
-def _parse(argv: list[str]) -> list[str]:
-    """absl parsing with bad flags reported as one line and exit code 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        exit_with(UserError(f"{e}; see python -m train --helpfull"))
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        exit_with(UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value"))
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every file at INFO
     from train import distributed
@@ -40,7 +31,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     define_flags()
-    app.run(main, argv=sys.argv, flags_parser=_parse)
+    app.run(main, argv=sys.argv, flags_parser=lambda argv: parse_flags(argv, "train", "--helpfull"))
 
 
 if __name__ == "__main__":

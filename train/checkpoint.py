@@ -18,7 +18,7 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 
 class DamagedCheckpoint(UserError):

@@ -12,8 +12,8 @@ from jax.sharding import Mesh
 
 from model import sharding
 from model.config import ModelConfig, read_recorded
-from model.errors import UserError
 from model.transformer import build_model, init_inputs
+from runtime.errors import UserError
 from train.checkpoint import restore_params
 from train.flags import TrainConfig
 from train.objectives import PREDICTIONS, Batch

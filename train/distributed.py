@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from data.shards import host_shards, host_state, shard_states
 from model import sharding
-from model.errors import UserError
+from runtime.errors import UserError
 
 MODES = ("auto", "true", "false")
 ENV_COORDINATOR = "MESHLM_COORDINATOR"

@@ -18,7 +18,8 @@ import time
 
 from absl import flags
 
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 # Set here for every process; given after `--` they would contradict the launcher.

@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from model import sharding
 from model.transformer import build_model
+from runtime.hardware import peak_flops
 from train import distributed
 from train.bleu import Bleu
 from train.checkpoint import Checkpointer, match_pretrained, restore_pretrained
 from train.flags import TrainConfig
-from train.metrics import MetricsWriter, format_line, peak_flops, plot_curves, train_flops_per_token
+from train.metrics import MetricsWriter, format_line, plot_curves, train_flops_per_token
 from train.optimizer import make_optimizer
 from train.preemption import Preemption
 from train.prepare import Run, prepare

@@ -1,5 +1,5 @@
 """Where a run's numbers go: WORKDIR/metrics.jsonl, TensorBoard event files, and the console;
-plus the FLOP count and device peak behind MFU."""
+plus the FLOP count behind MFU (the device peaks are in runtime/hardware.py)."""
 
 import json
 import math
@@ -9,30 +9,10 @@ from typing import Any
 import jax
 
 from model.config import ModelConfig
+from runtime.files import atomic_write
 
-# Dense bf16 peak FLOP/s per device (vendor datasheets, no sparsity). MFU against bf16 peak is the
-# convention of PaLM / MaxText / nanoGPT, so an fp32 run reads as a low MFU on purpose.
-PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
-    "V100": 125e12, "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5": 197e12, "TPU v4": 275e12,
-}
-# CPUs have no datasheet peak; this nominal figure per core (two 256-bit fp32 FMA pipes at ~3 GHz)
-# makes CPU MFU comparable between runs on one machine, not with accelerators.
-CPU_PEAK_FLOPS_PER_CORE = 1e11
 # Eval metrics beyond the loss that the console line shows when a task reports them.
 TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu", "distill_kl")
-
-
-def peak_flops(devices: list | None = None) -> float:
-    """Peak FLOP/s of all devices of this run together."""
-    devices = devices or jax.devices()
-    if devices[0].platform == "cpu":
-        return CPU_PEAK_FLOPS_PER_CORE * (os.cpu_count() or 1)
-    kind = devices[0].device_kind
-    for name, peak in PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return peak * len(devices)
-    return float("nan")
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int = 0,
@@ -89,10 +69,8 @@ class MetricsWriter:
             return
         with open(self.path, encoding="utf-8") as f:
             kept = [line for line in f if _step_of(line) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(self.path) as f:
             f.writelines(kept)
-        os.replace(tmp, self.path)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:

@@ -4,7 +4,7 @@ skipping of non-finite updates."""
 import jax
 import optax
 
-from model.errors import UserError
+from runtime.errors import UserError
 from train.flags import TrainConfig
 
 SCHEDULES = ("constant", "cosine", "linear", "rsqrt", "wsd")

@@ -12,7 +12,7 @@ from absl import logging
 from data.hf_tokenizer import SPECIAL_FILES, HFTokenizer
 from data.tokenizer import Tokenizer
 from model.config import ModelConfig
-from model.errors import UserError
+from runtime.errors import UserError
 from train.flags import TrainConfig
 
 # What a run writes into its workdir (fnmatch patterns of top-level names), and so all that

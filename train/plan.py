@@ -19,7 +19,8 @@ import time
 import numpy as np
 from absl import flags
 
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 from train import plan_report
 from train.flags import MODEL_OVERRIDES, TrainConfig, config_from_flags
 from train.flags import define_flags as define_train_flags

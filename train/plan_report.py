@@ -5,35 +5,23 @@ hint and JSON they are printed as."""
 import dataclasses
 import json
 import math
-import os
 import re
 
-from infer.roofline import BANDWIDTH
-from model.errors import UserError
-from train.metrics import PEAK_FLOPS
+from runtime.errors import UserError
+from runtime.files import atomic_write
+from runtime.hardware import (
+    CHIPS,
+    CPU_FLOPS_SOURCE,
+    GIB,
+    chip_of,
+    host_memory_bytes,
+    measured_cpu_bandwidth,
+    peak_flops,
+)
 
-GIB = 2.0**30
 # JAX preallocates this fraction of a GPU's memory for its allocator unless
 # XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise: a step needing more reaches the limit sooner.
 JAX_GPU_MEM_FRACTION = 0.75
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    platform: str  # jax's platform name: gpu | tpu
-    peak_key: str  # its row of train/metrics.py PEAK_FLOPS (dense bf16 FLOP/s)
-    bandwidth_key: str  # its row of infer/roofline.py BANDWIDTH (HBM bytes/s)
-    memory_gib: float  # HBM per device, datasheet
-    cores_per_device: int = 1  # v4 / v5p slice names count TensorCores: two per chip (one device)
-
-
-CHIPS = {
-    "h100": Chip("gpu", "H100", "H100", 80), "h200": Chip("gpu", "H200", "H200", 141),
-    "a100": Chip("gpu", "A100", "A100", 80), "l4": Chip("gpu", "L4", "L4", 24),
-    "a10": Chip("gpu", "A10", "A10", 24), "v100": Chip("gpu", "V100", "V100", 32),
-    "v4": Chip("tpu", "TPU v4", "TPU v4", 32, 2), "v5p": Chip("tpu", "TPU v5p", "TPU v5p", 95, 2),
-    "v5e": Chip("tpu", "TPU v5", "TPU v5e", 16), "v6e": Chip("tpu", "TPU v6", "TPU v6", 32),
-}
 _TOPOLOGY = re.compile(r"(?P<chip>[a-z0-9]+?)(?:[x-](?P<count>\d+))?")
 
 
@@ -73,32 +61,32 @@ def parse_topology(name: str) -> Target:
                         f"{chip.cores_per_device} a chip; use a multiple of "
                         f"{chip.cores_per_device}")
     return Target(name, chip.platform, count and count // chip.cores_per_device,
-                  PEAK_FLOPS[chip.peak_key], BANDWIDTH[chip.bandwidth_key], chip.memory_gib * GIB,
-                  f"{chip.peak_key} datasheet: dense bf16 peak, HBM bandwidth and capacity")
+                  chip.peak_flops("bfloat16"), chip.bandwidth, chip.memory_gib * GIB,
+                  f"{chip_name} datasheet: dense bf16 peak, HBM bandwidth and capacity")
 
 
 def cpu_target(name: str, count: int) -> Target:
-    """This host split into `count` devices: measured peaks and its RAM, shared evenly."""
-    from infer.roofline import measured_cpu_peaks
+    """This host split into `count` devices: its peaks (runtime/hardware.py) and its RAM, shared
+    evenly."""
+    import jax
 
-    flops, bandwidth = measured_cpu_peaks("float32")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return Target(name, "cpu", count, flops / count, bandwidth / count, ram / count,
-                  "this host, measured (f32 matmul, 256 MiB sum) and its RAM, split over the "
-                  "devices")
+    flops = peak_flops(jax.devices("cpu")[:1])
+    return Target(name, "cpu", count, flops / count, measured_cpu_bandwidth() / count,
+                  host_memory_bytes() / count,
+                  f"this host ({CPU_FLOPS_SOURCE}, measured bandwidth) and its RAM, split over "
+                  "the devices")
 
 
 def local_target(devices: list) -> Target:
     """The accelerators this process compiled on: datasheet peaks, and the memory their
     allocator may use as JAX reports it."""
-    from infer.roofline import device_peaks
-
-    peaks = device_peaks()
+    chip = chip_of(devices[0])
     stats = devices[0].memory_stats() or {}
     memory = stats.get("bytes_limit")
-    return Target(devices[0].device_kind, devices[0].platform, len(devices), peaks.flops,
-                  peaks.bandwidth if math.isfinite(peaks.bandwidth) else None, memory,
-                  f"{peaks.flops_source}; {peaks.bandwidth_source}; memory: the allocator's limit")
+    return Target(devices[0].device_kind, devices[0].platform, len(devices),
+                  chip.peak_flops() if chip else float("nan"), chip.bandwidth if chip else None,
+                  memory, f"{chip.name if chip else 'unknown chip'} datasheet: dense bf16 peak "
+                  "and bandwidth; memory: the allocator's limit")
 
 
 def matmul_flops(jaxpr) -> float:
@@ -200,9 +188,8 @@ def write_json(plan: Plan, path: str, remat: Plan | None = None) -> None:
                                      "temp_bytes": remat.temp_bytes,
                                      "program_flops": remat.program_flops}
     try:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        with atomic_write(path) as f:
             json.dump(record, f, indent=2)
-        os.replace(path + ".tmp", path)
     except OSError as e:
         raise UserError(f"cannot write --json={path} ({e.strerror}); choose another path") \
             from None

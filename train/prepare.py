@@ -20,7 +20,7 @@ from data.shards import ShardedBatches, host_shards
 from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig, get_preset, read_recorded
-from model.errors import UserError
+from runtime.errors import UserError
 from train import distributed, ownership
 from train.distill import Teacher, check_student, read_teacher
 from train.flags import MODEL_OVERRIDES, TrainConfig, flagfile_text

@@ -14,7 +14,8 @@ import os
 
 from absl import flags
 
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 from train.metrics import TASK_METRICS
 
 FLAGS = flags.FLAGS

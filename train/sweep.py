@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from absl import flags
 from tqdm import tqdm
 
-from model.errors import UserError, run_command
+from runtime.command import run_command
+from runtime.errors import UserError
 from train import sweep_spec
 from train.flags import TrainConfig, config_from_flags, flagfile_text
 from train.flags import define_flags as define_train_flags

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import UserError
+from runtime.errors import UserError
 from train.flags import TrainConfig
 
 # Flags a sweep may not set: every trial's workdir is the sweep's own choice.

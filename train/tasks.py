@@ -23,7 +23,7 @@ from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
 from data.tokenizer import BERT_SYMBOLS, Tokenizer
 from data.unigram import unigram_loss
 from model.config import ModelConfig
-from model.errors import UserError
+from runtime.errors import UserError
 from train import objectives
 from train.flags import TrainConfig
 

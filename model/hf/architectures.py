@@ -3,8 +3,8 @@
 from types import ModuleType
 
 from model.config import ModelConfig
-from model.errors import UserError
 from model.hf import bert, gpt2, llama, t5
+from runtime.errors import UserError
 
 MODULES: tuple[ModuleType, ...] = (gpt2, llama, bert, t5)
 SUPPORTED = tuple(a for m in MODULES for a in m.ARCHITECTURES)

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 # Token ids a HF config carries that generation needs; kept in our config.json and written back.
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 Shapes = tuple[tuple[int, ...], ...]
 

@@ -16,7 +16,7 @@ from data.classify import (
 )
 from data.mlm import special_ids
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 LENGTH, BATCH = 32, 8
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data.corpus import load_corpus, sample
-from model.errors import UserError
+from runtime.errors import UserError
 
 
 def _write(path: Path, text: str) -> str:

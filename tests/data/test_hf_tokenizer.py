@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
 from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 TEXT = inspect.getsource(json)  # a few hundred lines of code and prose
 SAMPLES = [

@@ -9,7 +9,7 @@ import pytest
 from data.mlm import special_ids
 from data.nsp import IS_NEXT, IS_RANDOM, fit_pair, nsp_dataset
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 LENGTH = 64
 # Every line names its document and line, so any piece of text tells where it came from.

@@ -11,7 +11,7 @@ import pytest
 
 from data.pipeline import packed_dataset
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 LENGTH, BATCH = 32, 4
 DOCS = [

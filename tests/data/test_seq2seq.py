@@ -10,7 +10,7 @@ import pytest
 from data.seq2seq import Pair, seq2seq_dataset, seq2seq_task
 from data.stdlib_functions import stdlib_functions
 from data.tokenizer import Tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 SRC, TGT, BATCH = 48, 16, 4
 

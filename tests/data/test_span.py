@@ -18,7 +18,7 @@ from data.span import (
     span_dataset,
 )
 from data.tokenizer import Tokenizer, train_tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 LENGTH, BATCH = 64, 8
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 CODE = (

@@ -8,7 +8,7 @@ import functools
 import jax
 import numpy as np
 
-from infer.load import Loaded
+from infer.engine.load import Loaded
 from model import sharding
 from model.config import get_preset
 from model.transformer import build_model, init_inputs

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer import beam, seq2seq
+from infer.engine import beam, seq2seq
 from tests.infer.seq2seq_models import BOS, SOURCES, decoder_logp, random_loaded, sequence_logp
 
 A, B, EOS = 0, 1, 2

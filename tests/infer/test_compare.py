@@ -102,7 +102,7 @@ def test_eval_through_a_float_cache_equals_the_plain_eval(workdir, tmp_path):
     """The int8+KV row is scored by a prefill through the KV cache; with a float cache that
     path must reproduce the training loop's own eval exactly, so any change is the int8's."""
     from infer.compare import Request, eval_run, quality
-    from infer.load import load
+    from infer.engine.load import load
     from model.config import read_recorded
 
     request = Request(workdir, str(tmp_path / "out"), eval_batches=2)
@@ -149,7 +149,7 @@ def test_bad_input_is_one_line_and_writes_nothing(workdir, tmp_path, args, messa
 ])
 def test_refused_before_any_work(workdir, tmp_path, changes, message):
     from infer.compare import Request, check
-    from model.errors import UserError
+    from runtime.errors import UserError
 
     paths = {"BERT": _model_dir(tmp_path, "bert", "tiny_bert", flags=True),
              "CONVERTED": _model_dir(tmp_path, "converted", "tiny", flags=False),

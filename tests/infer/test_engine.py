@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer.engine import generate
-from infer.load import Loaded
-from infer.sampling import Sampling, sample
+from infer.engine.engine import generate
+from infer.engine.load import Loaded
+from infer.engine.sampling import Sampling, sample
 from model import sharding
 from model.config import get_preset
 from model.transformer import build_model
@@ -76,7 +76,7 @@ def test_sampling_is_seeded_and_respects_top_k_and_top_p():
 def test_cached_logits_equal_full_forward(preset):
     """Prefill a left-padded batch, then feed the rest one token at a time through the cache: every
     step's logits equal the uncached forward of the whole sequence (fp32, 1e-5)."""
-    from infer.engine import init_cache, left_pad
+    from infer.engine.engine import init_cache, left_pad
 
     loaded = _loaded(preset)
     model, params = loaded.model, loaded.params

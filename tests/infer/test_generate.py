@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from infer.engine import generate
-from infer.load import load
+from infer.engine.engine import generate
+from infer.engine.load import load
 
 
 def _cli(*args):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from infer.load import load
-from infer.prune_params import count, prune, targets
+from infer.compress.prune_params import count, prune, targets
+from infer.engine.load import load
 from model.config import ModelConfig, get_preset
 from model.convert import param_shapes
 from model.transformer import build_model

@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer.engine import generate, init_cache
-from infer.load import load, quantized, with_quant
+from infer.engine.engine import generate, init_cache
+from infer.engine.load import load, quantized, with_quant
 from infer.quantize import quantize_dir
 from infer.score import score
 from model import quant, sharding
 from model.convert import export_hf
-from model.errors import UserError
+from runtime.errors import UserError
 
 TOKENS = np.random.default_rng(0).integers(1, 512, size=(3, 24)).astype(np.int32)
 # |int8 logits - float logits| <= TOLERANCE * max |float logits| (docs/inference.md): per-channel

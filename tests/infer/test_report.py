@@ -12,10 +12,10 @@ import jax
 import pytest
 
 from infer.bench import random_loaded
-from infer.components import COMPONENTS, Shape, component_programs, per_step_count
-from infer.components import _cost as xla_cost
-from infer.roofline import component_work
-from infer.sampling import Sampling
+from infer.engine.sampling import Sampling
+from infer.timing.components import COMPONENTS, Shape, component_programs, per_step_count
+from infer.timing.components import _cost as xla_cost
+from infer.timing.roofline import component_work
 from model import sharding
 from model.config import get_preset
 

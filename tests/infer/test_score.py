@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from infer.load import load
+from infer.engine.load import load
 from infer.score import score
 from model.transformer import build_model
 from tests.infer.conftest import CFG

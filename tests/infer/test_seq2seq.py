@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from infer import seq2seq
-from infer.sampling import Sampling
+from infer.engine import seq2seq
+from infer.engine.sampling import Sampling
 from tests.infer.seq2seq_models import SOURCES, greedy_reference, random_loaded
 
 
@@ -59,7 +59,7 @@ def test_bos_comes_from_the_tokenizer():
     ([[5] * 200], 4, "exceeds the model's context"),
 ])
 def test_bad_requests_are_user_errors(sources, new, message):
-    from model.errors import UserError
+    from runtime.errors import UserError
 
     with pytest.raises(UserError, match=message):
         seq2seq.generate(random_loaded("tiny_t5"), sources, new)

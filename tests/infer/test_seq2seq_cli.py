@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from data.tokenizer import train_tokenizer
-from infer import beam, seq2seq
-from infer.load import Loaded, load
+from infer.engine import beam, seq2seq
+from infer.engine.load import Loaded, load
 from infer.score import score
 from model import sharding
 from model.config import get_preset

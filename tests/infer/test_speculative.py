@@ -13,14 +13,21 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats  # a dependency of jax
 
-from infer.engine import generate
-from infer.load import Loaded, load
-from infer.sampling import Sampling, sample
-from infer.speculative import _decode, _prefill, accept, distribution, draw, speculative_generate
+from infer.engine.engine import generate
+from infer.engine.load import Loaded, load
+from infer.engine.sampling import Sampling, sample
+from infer.engine.speculative import (
+    _decode,
+    _prefill,
+    accept,
+    distribution,
+    draw,
+    speculative_generate,
+)
 from model import sharding
 from model.config import get_preset
-from model.errors import UserError
 from model.transformer import build_model, init_inputs
+from runtime.errors import UserError
 from tests.infer.test_generate import _cli
 from train.checkpoint import Checkpointer
 

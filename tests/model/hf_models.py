@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import transformers as hf
 
-from infer.load import Loaded
+from infer.engine.load import Loaded
 
 # name -> (class, config). Shapes cover GQA (kv = heads, heads/2, 1), untied outputs, odd vocab
 # sizes, and every head of BERT and both T5 generations.

@@ -9,8 +9,8 @@ import jax
 import pytest
 
 from model.config import PRESETS, ModelConfig, get_preset, read_recorded
-from model.errors import UserError
 from model.transformer import build_model, init_inputs
+from runtime.errors import UserError
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

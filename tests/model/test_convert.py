@@ -13,8 +13,8 @@ import transformers as hf
 from flax import traverse_util
 from safetensors import safe_open
 
-from infer import engine, seq2seq
-from infer.load import load
+from infer.engine import engine, seq2seq
+from infer.engine.load import load
 from model import sharding
 from model.config import get_preset
 from model.convert import export_hf, import_hf, write_model_dir

@@ -15,7 +15,7 @@ import tokenizers
 import torch
 import transformers as hf
 
-from infer.load import load
+from infer.engine.load import load
 from tests.model.hf_models import build, tokens
 
 

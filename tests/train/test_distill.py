@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from model.config import get_preset
-from model.errors import UserError
+from runtime.errors import UserError
 from train import objectives
 from train.flags import TrainConfig
 from train.loop import train

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from model import sharding
-from model.errors import UserError
+from runtime.errors import UserError
 from train import distributed, launch_local
 from train.distributed import Launch
 from train.flags import LAUNCH_FLAGS, TrainConfig, flagfile_text

@@ -12,7 +12,7 @@ from data.corpus import load_corpus, sample
 from data.span import SENTINELS
 from data.tokenizer import BERT_SYMBOLS, train_tokenizer
 from model.config import get_preset
-from model.errors import UserError
+from runtime.errors import UserError
 from train.flags import TrainConfig
 from train.loop import train
 

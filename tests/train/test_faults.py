@@ -16,7 +16,7 @@ import pytest
 
 from data.corpus import stdlib_sources
 from data.tokenizer import train_tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 from train import __main__ as train_main
 from train.checkpoint import Checkpointer, DamagedCheckpoint
 from train.loop import train

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from model.errors import UserError
+from runtime.errors import UserError
 from train.flags import TrainConfig
 from train.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 

@@ -13,7 +13,7 @@ import pytest
 
 from data.corpus import load_corpus, sample
 from data.tokenizer import train_tokenizer
-from model.errors import UserError
+from runtime.errors import UserError
 from train import sweep_spec
 from train.results import collect
 

@@ -2,24 +2,17 @@
 
 A component that does F FLOPs and moves B bytes cannot run faster than max(F / peak FLOP/s,
 B / bandwidth): below the ridge intensity (peak / bandwidth, FLOPs per byte) it is memory-bound,
-above it compute-bound. Accelerators take their peaks from datasheets; a CPU has no datasheet
-figure worth the name, so its peaks are measured here (a large matmul and a large reduction).
+above it compute-bound. The peaks are runtime/hardware.py's: datasheets for accelerators, a
+nominal FLOP/s per core and a measured bandwidth for a CPU.
 """
 
 import dataclasses
-import functools
-import time
 
 import jax
 import jax.numpy as jnp
 
 from model.config import ModelConfig
-from train.metrics import peak_flops
-
-# HBM bandwidth in bytes/s (vendor datasheets), matched as substrings of jax's device_kind.
-BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "L4": 3.0e11, "A10": 6.0e11,
-             "V100": 9.0e11, "TPU v6": 1.64e12, "TPU v5p": 2.76e12, "TPU v5 lite": 8.2e11,
-             "TPU v5e": 8.2e11, "TPU v4": 1.2e12}
+from runtime import hardware
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,38 +50,18 @@ class Work:
         return "compute" if self.intensity >= peaks.ridge else "memory"
 
 
-def _best_time(fn, *args, repeats: int = 5) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-@functools.cache
-def measured_cpu_peaks(dtype: str) -> tuple[float, float]:
-    """(FLOP/s of a 2048^3 matmul, bytes/s of summing 256 MiB) on this CPU, best of five."""
-    n = 2048
-    a = jnp.ones((n, n), dtype)
-    flops = 2 * n ** 3 / _best_time(jax.jit(jnp.matmul), a, a)
-    big = jnp.ones((64 * 2 ** 20,), jnp.float32)
-    bandwidth = big.nbytes / _best_time(jax.jit(jnp.sum), big)
-    return flops, bandwidth
-
-
 def device_peaks(dtype: str = "float32") -> Peaks:
+    """This process's device on the roofline, from runtime/hardware.py's table."""
     device = jax.devices()[0]
     if device.platform == "cpu":
-        flops, bandwidth = measured_cpu_peaks(dtype)
-        return Peaks(flops, bandwidth, f"measured: {dtype} 2048x2048 matmul",
-                     "measured: sum over 256 MiB")
-    for name, value in BANDWIDTH.items():
-        if name.lower() in device.device_kind.lower():
-            return Peaks(peak_flops([device]), value, "datasheet dense bf16", f"{name} datasheet")
-    return Peaks(peak_flops([device]), float("nan"), "datasheet dense bf16",
-                 f"unknown device kind {device.device_kind!r}")
+        return Peaks(hardware.peak_flops([device], dtype), hardware.measured_cpu_bandwidth(),
+                     hardware.CPU_FLOPS_SOURCE, "measured: sum over 256 MiB")
+    chip = hardware.chip_of(device)
+    if chip is None:
+        return Peaks(float("nan"), float("nan"), f"unknown device kind {device.device_kind!r}",
+                     f"unknown device kind {device.device_kind!r}")
+    return Peaks(chip.peak_flops(dtype), chip.bandwidth, f"{chip.name} datasheet: dense {dtype}",
+                 f"{chip.name} datasheet")
 
 
 def component_work(cfg: ModelConfig, batch: int, queries: int, context: int) -> dict[str, Work]:
@@ -111,7 +84,7 @@ def component_work(cfg: ModelConfig, batch: int, queries: int, context: int) -> 
     attention = Work(
         2 * projections * tokens + 4 * batch * queries * context * h * hd,
         projections * w + 2 * batch * context * kv * hd * c + 2 * act)
-    mlp_params = d * cfg.mlp_dim * (3 if cfg.activation == "swiglu" else 2)
+    mlp_params = d * cfg.mlp_dim * (3 if cfg.gated else 2)
     mlp = Work(2 * mlp_params * tokens, mlp_params * w + 2 * act + tokens * cfg.mlp_dim * a)
     norm = Work(5 * tokens * d, 2 * act + d * w)
     embed_rows = 2 if cfg.positions == "learned" else 1

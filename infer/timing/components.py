@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.engine import init_cache
-from infer.sampling import Sampling, sample
+from infer.engine.engine import init_cache
+from infer.engine.sampling import Sampling, sample
 from model.attention import Attention
 from model.config import ModelConfig
 from model.layers import Embed, Mlp, Norm, PositionEmbed, dtype_of

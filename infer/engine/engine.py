@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.sampling import Sampling, sample
+from infer.engine.sampling import Sampling, sample
 from model import sharding
 from model.config import ModelConfig
-from model.errors import UserError
 from model.layers import dtype_of
+from runtime.errors import UserError
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array]:

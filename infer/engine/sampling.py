@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from model.errors import UserError
+from runtime.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

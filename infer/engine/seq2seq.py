@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from data.tokenizer import BOS_ID
-from infer import beam
-from infer.sampling import Sampling, sample
+from infer.engine import beam
+from infer.engine.sampling import Sampling, sample
 from model import sharding
 from model.encoder_decoder import init_cache
-from model.errors import UserError
+from runtime.errors import UserError
 
 
 def right_pad(sources: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +160,7 @@ def generate(loaded, sources: list[list[int]], max_new_tokens: int,
 def beam_search(loaded, sources: list[list[int]], max_new_tokens: int, num_beams: int,
                 length_penalty: float = 1.0, eos_id: int = -1,
                 bos_id: int | None = None) -> beam.Beams:
-    """All `num_beams` final hypotheses per source, best first (see `infer/beam.py`);
+    """All `num_beams` final hypotheses per source, best first (see `infer/engine/beam.py`);
     `beam.best_rows` turns them into the best ids per source."""
     check_lengths(loaded, sources, max_new_tokens)
     if num_beams < 1:

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from model.config import ModelConfig
-from model.errors import UserError
+from runtime.errors import UserError
 
 Flat = dict[str, np.ndarray]
 SCORES = ("magnitude",)

@@ -9,14 +9,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
-from benchmarks.record import device_info, versions
+from runtime.provenance import device_info, versions
 
 NAMES = ("compare.json", "compare.md", "compare.png")
 _FOOTNOTES = (
     ("- tok/s: generated tokens over the whole request, prefill included (the decode-only rate "
      "is in compare.json), so the speculative row, timed per request, compares like for like. "
      "TTFT: prefill and first token; TPOT: one decode step."),
-    ("- speculative: infer/speculative.py decodes one prompt at a time, so it is timed at batch "
+    ("- speculative: infer/engine/speculative.py decodes one prompt at a time, so it is timed at batch "
      "1 only{others}; timed on held-out text (acceptance depends on it), the other rows on "
      "random ids (their speed does not). Its quality is the baseline's: the output is "
      "distributed as the target's own."),

@@ -21,14 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.engine import init_cache
-from infer.sampling import Sampling, filtered
+from infer.engine.engine import init_cache
+from infer.engine.sampling import Sampling, filtered
 from model import sharding
-from model.errors import UserError
+from runtime.errors import UserError
 
 
 def distribution(logits: jax.Array, sampling: Sampling) -> jax.Array:
-    """float32[rows, vocab] logits -> the probabilities `infer.sampling.sample` draws from
+    """float32[rows, vocab] logits -> the probabilities `infer.engine.sampling.sample` draws from
     (the softmax of its filtered logits); greedy is one-hot."""
     if sampling.temperature == 0:
         return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
@@ -166,7 +166,7 @@ def _decode(target, draft, target_params, draft_params, logits, target_cache, dr
 
 def _report(on_token, max_new_tokens, start, emitted, a, eos_id) -> None:
     """Host side of streaming: one `on_token(step, tokens[1], done[1])` call per new token, as
-    `infer.engine.generate` makes, up to and including EOS and within max_new_tokens."""
+    `infer.engine.engine.generate` makes, up to and including EOS and within max_new_tokens."""
     for i in range(int(a) + 1):
         step, token = int(start) + i, int(emitted[i])
         if step >= max_new_tokens:
@@ -193,7 +193,7 @@ def speculative_generate(target, draft, prompt: list[int], max_new_tokens: int,
                          draft_tokens: int = 4, sampling: Sampling | None = None, seed: int = 0,
                          eos_id: int = -1, on_token=None) -> tuple[list[int], dict]:
     """(generated ids of one prompt (EOS and after excluded), stats) with `target` and `draft`
-    (`infer.load.Loaded`). Stats: proposed and accepted draft tokens, acceptance_rate,
+    (`infer.engine.load.Loaded`). Stats: proposed and accepted draft tokens, acceptance_rate,
     target_forward_passes (prefill included), new_tokens (EOS counted) and
     tokens_per_target_pass (1.0 for plain decoding)."""
     check_pair(target.config, draft.config)

@@ -9,7 +9,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from infer.components import COMPONENTS
+from infer.timing.components import COMPONENTS
 
 _PARTS = (*COMPONENTS, "unattributed", "host")
 _COLORS = dict(zip(_PARTS, plt.get_cmap("tab10").colors, strict=False))

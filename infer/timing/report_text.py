@@ -1,6 +1,6 @@
 """report.md of `infer.report`: what the measurements say in sentences, then the tables."""
 
-from infer.components import COMPONENTS
+from infer.timing.components import COMPONENTS
 
 _COLUMNS = (*COMPONENTS, "unattributed", "host")
 

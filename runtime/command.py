@@ -1,0 +1,38 @@
+"""The entry point every `python -m X` command goes through: flags defined and parsed by absl,
+jax's INFO logging quieted, and a bad flag, a stray argument or a UserError turned into one
+`error:` line and exit code 2."""
+
+import sys
+from collections.abc import Callable
+
+from absl import app, flags, logging
+
+from runtime.errors import UserError, exit_with
+
+
+def parse_flags(argv: list[str], command: str, help_flag: str = "--help") -> list[str]:
+    """absl parsing with a bad flag or a positional argument reported as one line, exit 2."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        exit_with(UserError(f"{e}; see python -m {command} {help_flag}"))
+    if len(rest) > 1:
+        exit_with(UserError(f"unexpected arguments {rest[1:]}; flags are written --name=value "
+                            f"(see python -m {command} {help_flag})"))
+    return rest
+
+
+def run_command(main: Callable[[list[str]], None], define_flags: Callable[[], None],
+                command: str, help_flag: str = "--help") -> None:
+    """Runs `main` as the absl command `python -m {command}` after `define_flags()`."""
+
+    def guarded(argv: list[str]) -> None:
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax and grain log every file at INFO
+        try:
+            main(argv)
+        except UserError as e:
+            exit_with(e)
+
+    define_flags()
+    app.run(guarded, argv=sys.argv, flags_parser=lambda argv: parse_flags(argv, command, help_flag))

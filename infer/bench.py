@@ -21,7 +21,7 @@ from infer.engine.sampling import Sampling, sample
 from infer.timing.roofline import component_work, device_peaks
 from model import sharding
 from model.config import ModelConfig, get_preset
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 from runtime.command import run_command
 from runtime.errors import UserError
 from runtime.provenance import device_info, versions

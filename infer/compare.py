@@ -27,6 +27,7 @@ from infer.prune import Request as PruneRequest
 from infer.prune import prune_checkpoint, source_flags
 from model import sharding
 from model.config import ModelConfig, read_recorded
+from model.family import family_of
 from model.quant import param_bytes
 from runtime.command import run_command
 from runtime.errors import UserError
@@ -102,7 +103,7 @@ def _decoder(path: str, role: str, context: int, base: ModelConfig | None = None
     """The config at `path`, refused unless a decoder that fits `context` (and, for a pruned
     model, reads `base`'s tokens, so that all rows are scored on the same held-out split)."""
     cfg = read_config(path)
-    if cfg.family != "decoder":
+    if family_of(cfg).generates != "causal":
         raise UserError(f"infer.compare compares decoder-only models, and {role}={path} is "
                         f"{cfg.family}: {_NOT_APPLICABLE[cfg.family]}")
     if base is not None and cfg.vocab_size != base.vocab_size:

@@ -94,16 +94,16 @@ def _check_search(sampling) -> None:
                         "--num_beams=1 to sample)")
 
 
-def _check_family(family: str) -> None:
-    if family == "encoder":
-        raise UserError(f"{FLAGS.checkpoint} is an encoder-only (BERT) model, which does not "
+def _check_family(family) -> None:
+    if not family.generates:
+        raise UserError(f"{FLAGS.checkpoint} is an {family.title} model, which does not "
                         f"generate text; infer.score writes its MLM logits")
-    if family == "decoder" and FLAGS.num_beams > 1:
-        raise UserError("--num_beams>1 (beam search) is for encoder-decoder models; this one is "
-                        "decoder-only")
+    if family.generates != "seq2seq" and FLAGS.num_beams > 1:
+        raise UserError(f"--num_beams>1 (beam search) is for encoder-decoder models; this one is "
+                        f"{family.title}")
 
 
-def _check_draft(family: str) -> None:
+def _check_draft(family) -> None:
     """Refuses a --draft the target cannot use, from the configs alone (before any loading)."""
     from infer.engine.load import read_config
     from infer.engine.speculative import check_pair
@@ -115,9 +115,9 @@ def _check_draft(family: str) -> None:
     if FLAGS.num_beams > 1:
         raise UserError("--draft (speculative decoding) does not combine with --num_beams>1; "
                         "drop one of them")
-    if family != "decoder":
+    if family.generates != "causal":
         raise UserError(f"--draft (speculative decoding) is for decoder-only models; "
-                        f"{FLAGS.checkpoint} is {family}")
+                        f"{FLAGS.checkpoint} is {family.name}")
     if not os.path.isfile(os.path.join(FLAGS.draft, "config.json")):
         raise UserError(f"--draft={FLAGS.draft} has no config.json; point it at a training "
                         f"workdir or a converted model")
@@ -164,6 +164,7 @@ def main(argv: list[str]) -> None:
     from infer.engine.engine import generate
     from infer.engine.load import load, read_config
     from infer.engine.sampling import Sampling
+    from model.family import family_of
 
     if not FLAGS.checkpoint:
         raise UserError("--checkpoint is required")
@@ -172,7 +173,7 @@ def main(argv: list[str]) -> None:
     _check_search(sampling)
     if FLAGS.json and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json))):
         raise UserError(f"--json={FLAGS.json}: its directory does not exist")
-    family = read_config(FLAGS.checkpoint).family
+    family = family_of(read_config(FLAGS.checkpoint))
     _check_draft(family)
     _check_family(family)
     loaded = load(FLAGS.checkpoint, FLAGS.mesh, FLAGS.quant)
@@ -182,7 +183,7 @@ def main(argv: list[str]) -> None:
                         f"tokenizer.json); text generation needs one — score token ids with "
                         f"python -m infer.score instead")
     draft = load(FLAGS.draft, FLAGS.mesh) if FLAGS.draft else None
-    seq2seq = family == "encoder_decoder"
+    seq2seq = family.generates == "seq2seq"
     # Beam search knows its best hypothesis only at the end: nothing to stream.
     stream = _Stream(tok) if len(prompts) == 1 and FLAGS.num_beams == 1 else None
     if seq2seq:

@@ -30,7 +30,7 @@ from model.convert import (
     staging_dir,
     write_model_dir,
 )
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 from runtime.command import run_command
 from runtime.errors import UserError
 

@@ -13,6 +13,7 @@ import numpy as np
 from absl import flags
 
 from model import sharding
+from model.family import family_of
 from runtime.command import run_command
 from runtime.errors import UserError
 
@@ -53,25 +54,20 @@ def read_tokens(path: str, vocab_size: int, max_len: int, flag: str = "tokens") 
     return tokens.astype(np.int32)
 
 
-def _logits(model, params, tokens, decoder_tokens=None):
-    out = model.apply(params, tokens) if decoder_tokens is None else model.apply(
-        params, tokens, decoder_tokens)
-    return out["logits"] if isinstance(out, dict) else out  # an encoder returns all its heads
-
-
 def score(loaded, tokens: np.ndarray, decoder_tokens: np.ndarray | None = None) -> np.ndarray:
     """Logits for every position of every row (no padding: all rows are full): the decoder's
     over `decoder_tokens` for an encoder-decoder (whose `tokens` are the source), the MLM head's
     for an encoder."""
-    if (decoder_tokens is None) != (loaded.config.family != "encoder_decoder"):
+    family = family_of(loaded.config)
+    inputs = (tokens,) if decoder_tokens is None else (tokens, decoder_tokens)
+    if len(inputs) != len(family.inputs):
         raise UserError("--decoder_tokens is required for encoder-decoder models and only for "
                         "them")
     if decoder_tokens is not None and decoder_tokens.shape[0] != tokens.shape[0]:
         raise UserError(f"--decoder_tokens has {decoder_tokens.shape[0]} rows but --tokens has "
                         f"{tokens.shape[0]}; give one decoder row per source")
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
-        logits = jax.jit(_logits, static_argnums=0)(loaded.model, loaded.params, tokens,
-                                                    decoder_tokens)
+        logits = jax.jit(family.logits, static_argnums=0)(loaded.model, loaded.params, *inputs)
     return np.asarray(jax.device_get(logits), dtype=np.float32)
 
 
@@ -83,10 +79,11 @@ def main(argv: list[str]) -> None:
         if not FLAGS[name].value:
             raise UserError(f"--{name} is required")
     config = read_config(FLAGS.checkpoint)
-    seq2seq = config.family == "encoder_decoder"
+    family = family_of(config)
+    seq2seq = "decoder_tokens" in family.inputs
     if FLAGS.decoder_tokens and not seq2seq:
         raise UserError(f"--decoder_tokens is only for encoder-decoder models; this one is "
-                        f"{'decoder-only' if config.family == 'decoder' else 'an encoder'}")
+                        f"{family.title}")
     if seq2seq and not FLAGS.decoder_tokens:
         raise UserError("this is an encoder-decoder model: give the decoder inputs (BOS + "
                         "target) as --decoder_tokens=D.npy, the source as --tokens")

@@ -24,10 +24,10 @@ from flax import traverse_util
 
 from model import sharding
 from model.config import ModelConfig, read_recorded
+from model.family import build_model, init_inputs
 from model.hf import architectures, files
 from model.hf.fields import token_ids
 from model.hf.rules import export_tensors, import_params
-from model.transformer import build_model, init_inputs
 from runtime.command import run_command
 from runtime.errors import UserError
 

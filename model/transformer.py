@@ -1,5 +1,6 @@
 """The three families' networks built from the shared blocks: `Decoder` (GPT-2, Llama) here,
-`Encoder` (BERT) and `EncoderDecoder` (T5, Vaswani) in their own modules; `build_model` picks one.
+`Encoder` (BERT) and `EncoderDecoder` (T5, Vaswani) in their own modules; model/family.py
+pairs each with its family.
 
 Layers are stacked with `nn.scan` (compile time independent of depth; params gain a leading
 `layers` axis) and wrapped in `nn.remat` with a named policy to trade compute for memory
@@ -10,10 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from model.blocks import REMAT_POLICIES, DecoderBlock, stack_layers  # noqa: F401 (re-exported)
+from model.blocks import DecoderBlock, stack_layers
 from model.config import ModelConfig
-from model.encoder import Encoder
-from model.encoder_decoder import EncoderDecoder
 from model.layers import Embed, Norm, embed_inputs, lm_head, to_logits
 
 Array = jax.Array
@@ -54,15 +53,3 @@ class Decoder(nn.Module):
             x = Norm(cfg, name="final_norm")(x)
         logits = to_logits(embed, x, lm_head(self, cfg))
         return logits if cache is None else (logits, cache)
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network for a config's family."""
-    return {"decoder": Decoder, "encoder": Encoder, "encoder_decoder": EncoderDecoder}[cfg.family](cfg)
-
-
-def init_inputs(cfg: ModelConfig, batch: int = 1, length: int = 2) -> tuple[Array, ...]:
-    """Dummy positional inputs that make `build_model(cfg).init(rng, *init_inputs(cfg))` create
-    every param of any family (an encoder-decoder needs decoder tokens as well)."""
-    tokens = jnp.zeros((batch, length), jnp.int32)
-    return (tokens, tokens) if cfg.family == "encoder_decoder" else (tokens,)

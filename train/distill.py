@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from model import sharding
 from model.config import ModelConfig, read_recorded
-from model.transformer import build_model, init_inputs
+from model.family import build_model, family_of, init_inputs
 from runtime.errors import UserError
 from train.checkpoint import restore_params
 from train.flags import TrainConfig
@@ -29,10 +29,10 @@ def read_teacher(cfg: TrainConfig) -> ModelConfig | None:
         raise UserError(f"--teacher is read only by --objective=distill (not "
                         f"--objective={cfg.objective}); drop it or pass --objective=distill")
     teacher, _ = read_recorded(cfg.teacher, "teacher")
-    if teacher.family not in DISTILLED:
+    if family_of(teacher).pretraining not in DISTILLED:
         raise UserError(f"--teacher={cfg.teacher} is a model of the {teacher.family} family; "
                         f"--objective=distill takes a decoder (clm) or encoder (mlm) teacher")
-    if teacher.family == "encoder" and not teacher.mlm_head:
+    if not teacher.mlm_head:  # only an encoder can lack it (ModelConfig.validated)
         raise UserError(f"--teacher={cfg.teacher} is an encoder without a masked-LM head (a "
                         f"classifier); distill from one that predicts tokens")
     return teacher
@@ -40,11 +40,11 @@ def read_teacher(cfg: TrainConfig) -> ModelConfig | None:
 
 def check_student(cfg: TrainConfig, student: ModelConfig, teacher: ModelConfig) -> None:
     """The student reads the teacher's batches and matches its logits entry by entry."""
-    if student.family != teacher.family:
-        example = {"decoder": "tiny", "encoder": "tiny_bert"}[teacher.family]
+    family = family_of(teacher)
+    if family_of(student) is not family:
         raise UserError(f"--teacher={cfg.teacher} is of the {teacher.family} family but "
                         f"--preset={cfg.preset} of the {student.family} family; distill into a "
-                        f"student of the teacher's family (e.g. --preset={example})")
+                        f"student of the teacher's family (e.g. --preset={family.example_preset})")
     if student.vocab_size != teacher.vocab_size:
         raise UserError(f"the student's vocab_size={student.vocab_size} differs from the "
                         f"teacher's {teacher.vocab_size} (--teacher={cfg.teacher}); the KL "
@@ -59,7 +59,8 @@ class Teacher:
     """A frozen model on the run's mesh; `annotate` is the run's batch hook (train/prepare.py)."""
 
     def __init__(self, path: str, config: ModelConfig, mesh: Mesh):
-        predict = PREDICTIONS[DISTILLED[config.family]]  # the positions the student is scored at
+        # The positions the student is scored at: those of its family's pretraining batches.
+        predict = PREDICTIONS[family_of(config).pretraining]
         model = build_model(config)
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
             boxed = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(config))

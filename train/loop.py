@@ -17,13 +17,13 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from model import sharding
-from model.transformer import build_model
+from model.family import build_model, family_of
 from runtime.hardware import peak_flops
 from train import distributed
 from train.bleu import Bleu
 from train.checkpoint import Checkpointer, match_pretrained, restore_pretrained
 from train.flags import TrainConfig
-from train.metrics import MetricsWriter, format_line, plot_curves, train_flops_per_token
+from train.metrics import MetricsWriter, format_line, plot_curves
 from train.optimizer import make_optimizer
 from train.preemption import Preemption
 from train.prepare import Run, prepare
@@ -226,7 +226,7 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
     counters = _Counters(meta)
 
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"]))
-    flops_per_token = train_flops_per_token(run.model, cfg.seq_len, run.target_len, task.lm_head)
+    flops_per_token = family_of(run.model).train_flops_per_token(run.model, cfg.seq_len, run.target_len, task.lm_head)
     tokens_per_step = cfg.batch_size * task.tokens_per_row(cfg)
     peak = peak_flops()
     _say(f"model {cfg.preset} ({run.model.family}, --objective={cfg.objective}): "

@@ -1,5 +1,5 @@
 """Where a run's numbers go: WORKDIR/metrics.jsonl, TensorBoard event files, and the console;
-plus the FLOP count behind MFU (the device peaks are in runtime/hardware.py)."""
+MFU divides the family's FLOP count (model/family.py) by the peak of runtime/hardware.py."""
 
 import json
 import math
@@ -8,41 +8,10 @@ from typing import Any
 
 import jax
 
-from model.config import ModelConfig
 from runtime.files import atomic_write
 
 # Eval metrics beyond the loss that the console line shows when a task reports them.
 TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu", "distill_kl")
-
-
-def train_flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int = 0,
-                          lm_head: bool = True) -> float:
-    """Training FLOPs per token: 3x the forward (backward is twice the forward) of 2 FLOPs per
-    matmul weight per token, plus attention scores and values (PaLM's appendix B; masking is not
-    subtracted, so a causal and a bidirectional layer cost the same).
-
-    Decoder and encoder: 6N + 12 * layers * heads * head_dim * seq_len, where N counts the
-    non-embedding params plus the output projection (the vocabulary logits; left out with
-    `lm_head=False`, e.g. for a classifier whose loss never reads them, so XLA drops them).
-
-    Encoder-decoder, with S = seq_len source and T = target_len target tokens a row, per token of
-    the S + T: each source token passes the encoder layers' matmuls and the decoder's cross-
-    attention key/value projections; each target token the decoder layers' self-attention,
-    cross-attention query/output and MLP matmuls and the output projection; attention costs
-    12 * heads * head_dim * (enc_layers * S^2 + dec_layers * (T^2 + S * T)) a row.
-    """
-    if cfg.family != "encoder_decoder":
-        n = cfg.num_params(include_embeddings=False) + cfg.vocab_size * cfg.d_model * lm_head
-        attention = 12 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * seq_len
-        return 6 * n + attention
-    d, h, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-    q_o, k_v = 2 * d * h * hd, 2 * d * kv * hd
-    mlp = d * cfg.mlp_dim * (3 if cfg.activation in ("swiglu", "geglu") else 2)
-    per_source = cfg.num_layers * (q_o + k_v + mlp) + cfg.decoder_layers * k_v
-    per_target = cfg.decoder_layers * (2 * q_o + k_v + mlp) + cfg.vocab_size * d * lm_head
-    s, t = seq_len, target_len
-    attention = 12 * h * hd * (cfg.num_layers * s * s + cfg.decoder_layers * (t * t + s * t))
-    return (6 * (s * per_source + t * per_target) + attention) / (s + t)
 
 
 class MetricsWriter:

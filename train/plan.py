@@ -260,8 +260,7 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     from data.tokenizer import load_tokenizer
     from model import sharding
     from model.config import get_preset
-    from model.transformer import build_model
-    from train.metrics import train_flops_per_token
+    from model.family import build_model, family_of
     from train.optimizer import make_optimizer
     from train.prepare import (  # prepare's own checks: a plan refuses what a run would
         check_batch,
@@ -282,7 +281,7 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     pretrained = read_pretrained(cfg, task)
     base = pretrained if pretrained is not None else get_preset(cfg.preset)
     model_cfg = base.replace(**{name: getattr(cfg, name) for name in MODEL_OVERRIDES})
-    task.check_family(model_cfg.family, f"--preset={cfg.preset}")
+    task.check_family(model_cfg, f"--preset={cfg.preset}")
     if cfg.tokenizer and cfg.vocab_size is None and pretrained is None:  # as prepare sizes it
         model_cfg = model_cfg.replace(vocab_size=load_tokenizer(cfg.tokenizer).vocab_size)
     if cfg.dcn_mesh.strip():  # one process has no hosts to lay out: the same shape, plainly
@@ -332,7 +331,7 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
         alias_bytes=float(memory.alias_size_in_bytes),
         temp_bytes=float(memory.temp_size_in_bytes),
         code_bytes=float(memory.generated_code_size_in_bytes),
-        model_flops=tokens_per_step * train_flops_per_token(
+        model_flops=tokens_per_step * family_of(model_cfg).train_flops_per_token(
             model_cfg, cfg.seq_len, target_len(task, cfg), task.lm_head),
         program_flops=plan_report.matmul_flops(traced.jaxpr.jaxpr),
         xla_flops=cost["flops"] * n if "flops" in cost else None,

@@ -134,7 +134,7 @@ class Plan:
     alias_bytes: float
     temp_bytes: float
     code_bytes: float
-    model_flops: float  # train_flops_per_token x tokens (6N + attention), what MFU counts
+    model_flops: float  # the family's train_flops_per_token x tokens (6N + attention), what MFU counts
     program_flops: float  # the traced step's matmuls, remat recomputation included
     xla_flops: float | None  # compiled.cost_analysis() x devices (a scanned body counted once)
     xla_bytes_accessed: float | None  # per device, same caveat

@@ -20,6 +20,7 @@ from data.shards import ShardedBatches, host_shards
 from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig, get_preset, read_recorded
+from model.family import family_of
 from runtime.errors import UserError
 from train import distributed, ownership
 from train.distill import Teacher, check_student, read_teacher
@@ -172,7 +173,7 @@ def read_pretrained(cfg: TrainConfig, task: Task) -> ModelConfig | None:
                             "--init_from=WORKDIR of an mlm or mlm_nsp run")
         return None
     pretrained, _ = read_recorded(cfg.init_from, "init_from")  # fields added since: defaults
-    task.check_family(pretrained.family, f"--init_from={cfg.init_from}")
+    task.check_family(pretrained, f"--init_from={cfg.init_from}")
     if pretrained.quant != "none":
         raise UserError(f"--init_from={cfg.init_from} is a quantized model (--quant="
                         f"{pretrained.quant}), which cannot be trained; start from the float "
@@ -253,7 +254,7 @@ def prepare(cfg: TrainConfig) -> Run:
                         "metrics")
     check_numbers(cfg)
     teacher = read_teacher(cfg)  # distill's task is that of the teacher's family
-    task = distill_task(teacher.family) if teacher else get_task(cfg.objective)
+    task = distill_task(family_of(teacher)) if teacher else get_task(cfg.objective)
     make_optimizer(cfg)  # refuses unknown optimizers and schedules
     overrides = {name: getattr(cfg, name) for name in MODEL_OVERRIDES}
     pretrained = read_pretrained(cfg, task)
@@ -265,7 +266,7 @@ def prepare(cfg: TrainConfig) -> Run:
         if cfg.vocab_size is None and pretrained is None:
             model_cfg = model_cfg.replace(vocab_size=teacher.vocab_size)
         check_student(cfg, model_cfg, teacher)
-    task.check_family(model_cfg.family, f"--preset={cfg.preset}")
+    task.check_family(model_cfg, f"--preset={cfg.preset}")
     mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.dcn_mesh)
     check_batch(cfg, mesh)
     workdir = os.path.abspath(cfg.workdir)

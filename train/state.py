@@ -10,7 +10,7 @@ import optax
 from jax.sharding import Mesh
 
 from model import sharding
-from model.transformer import init_inputs
+from model.family import init_inputs
 
 State = dict[str, Any]  # {"step": int32[], "params", "opt_state", "rng": uint32[2]}
 

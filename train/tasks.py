@@ -23,6 +23,7 @@ from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
 from data.tokenizer import BERT_SYMBOLS, Tokenizer
 from data.unigram import unigram_loss
 from model.config import ModelConfig
+from model.family import FAMILIES, Family, family_of
 from runtime.errors import UserError
 from train import objectives
 from train.flags import TrainConfig
@@ -34,7 +35,7 @@ DEFAULT_NUM_CLASSES = 8
 @dataclasses.dataclass(frozen=True)
 class Task:
     name: str
-    family: str  # the ModelConfig.family it trains
+    family: Family  # the family of the models it trains
     kind: str  # its data: "text" (a corpus), "pairs" (seq2seq) or "labels" (classification)
     loss: Callable  # (model, params, batch, rng, **loss_options(cfg)) -> (sum, count)
     stats: Callable  # (model, params, batch) -> {name: (sum, count)}; "loss" is eval_loss
@@ -72,13 +73,13 @@ class Task:
         if SENTINELS[0] in self.extra_symbols:
             sentinel_ids(tokenizer)
 
-    def check_family(self, family: str, what: str) -> None:
-        if family != self.family:
-            example = {"decoder": "tiny", "encoder": "tiny_bert",
-                       "encoder_decoder": "tiny_t5"}[self.family]
-            raise UserError(f"--objective={self.name} trains the {self.family} family (e.g. "
-                            f"--preset={example}), but {what} is {_article(family)} {family} "
-                            f"model; pick a matching --preset/--objective")
+    def check_family(self, model: ModelConfig, what: str) -> None:
+        family = family_of(model)
+        if family is not self.family:
+            raise UserError(f"--objective={self.name} trains the {self.family.name} family (e.g. "
+                            f"--preset={self.family.example_preset}), but {what} is "
+                            f"{_article(family.name)} {family.name} model; pick a matching "
+                            f"--preset/--objective")
 
     def resolve_model(self, model: ModelConfig, cfg: TrainConfig, data: Data) -> ModelConfig:
         """The family's own settings: head sizes and a position table long enough."""
@@ -186,15 +187,15 @@ def _nsp_weight(cfg: TrainConfig) -> dict:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("clm", "decoder", "text", objectives.clm, objectives.clm_stats),
-    Task("mlm", "encoder", "text", objectives.mlm, objectives.mlm_stats, BERT_SYMBOLS),
-    Task("mlm_nsp", "encoder", "text", objectives.mlm_nsp, objectives.mlm_nsp_stats,
+    Task("clm", FAMILIES["decoder"], "text", objectives.clm, objectives.clm_stats),
+    Task("mlm", FAMILIES["encoder"], "text", objectives.mlm, objectives.mlm_stats, BERT_SYMBOLS),
+    Task("mlm_nsp", FAMILIES["encoder"], "text", objectives.mlm_nsp, objectives.mlm_nsp_stats,
          BERT_SYMBOLS, _nsp_weight),
-    Task("classify", "encoder", "labels", objectives.classify, objectives.classify_stats,
+    Task("classify", FAMILIES["encoder"], "labels", objectives.classify, objectives.classify_stats,
          BERT_SYMBOLS, lm_head=False),
-    Task("seq2seq", "encoder_decoder", "pairs", objectives.seq2seq, objectives.seq2seq_stats,
+    Task("seq2seq", FAMILIES["encoder_decoder"], "pairs", objectives.seq2seq, objectives.seq2seq_stats,
          loss_options=lambda cfg: {"label_smoothing": cfg.label_smoothing}),
-    Task("span", "encoder_decoder", "text", objectives.seq2seq, objectives.seq2seq_stats,
+    Task("span", FAMILIES["encoder_decoder"], "text", objectives.seq2seq, objectives.seq2seq_stats,
          SENTINELS, lambda cfg: {"label_smoothing": cfg.label_smoothing}),
 )}
 
@@ -202,7 +203,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 # --objective=distill trains its teacher's family on the batches of that family's pretraining
 # task, with the same positions scored (train/objectives.py: distill). Encoder-decoders (their
 # seq2seq and span batches) are not wired up.
-DISTILLED = {"decoder": "clm", "encoder": "mlm"}
+DISTILLED = ("clm", "mlm")
 _ACCURACY = {"clm": "", "mlm": "mlm_accuracy"}  # the token accuracy the base task reports
 
 
@@ -217,11 +218,11 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def distill_task(teacher_family: str) -> Task:
-    """--objective=distill from a teacher of `teacher_family` ("decoder" or "encoder"): the data,
-    batches and tokenizer pieces of the base task (clm, mlm); its loss mixes the cross-entropy
-    with the KL to the teacher (--distill_alpha, --distill_temperature)."""
-    base = TASKS[DISTILLED[teacher_family]]
+def distill_task(teacher_family: Family) -> Task:
+    """--objective=distill from a teacher of `teacher_family` (one whose pretraining is in
+    DISTILLED): the data, batches and tokenizer pieces of that base task (clm, mlm); its loss
+    mixes the cross-entropy with the KL to the teacher (--distill_alpha, --distill_temperature)."""
+    base = TASKS[teacher_family.pretraining]
     predict = objectives.PREDICTIONS[base.name]
     return dataclasses.replace(
         base, name="distill", reads=base.name,

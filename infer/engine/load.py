@@ -11,7 +11,7 @@ from data.hf_tokenizer import HFTokenizer
 from data.tokenizer import Tokenizer, find_tokenizer
 from model import quant, sharding
 from model.config import QUANT_MODES, ModelConfig, read_recorded
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 from runtime.errors import UserError
 from train.checkpoint import restore_params
 

@@ -24,6 +24,7 @@ import numpy as np
 from infer.engine.engine import init_cache
 from infer.engine.sampling import Sampling, filtered
 from model import sharding
+from model.family import family_of
 from runtime.errors import UserError
 
 
@@ -180,7 +181,7 @@ def check_pair(target_config, draft_config) -> None:
     """Refuses a target/draft pair that cannot be decoded speculatively (configs alone, so a
     command can check before loading any params)."""
     for role, cfg in (("target", target_config), ("draft", draft_config)):
-        if cfg.family != "decoder":
+        if family_of(cfg).generates != "causal":
             raise UserError(f"speculative decoding needs decoder-only models; the {role} is "
                             f"{cfg.family}")
     if target_config.vocab_size != draft_config.vocab_size:

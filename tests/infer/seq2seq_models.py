@@ -11,7 +11,7 @@ import numpy as np
 from infer.engine.load import Loaded
 from model import sharding
 from model.config import get_preset
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 
 BOS = 2
 SOURCES = [[5, 7, 9, 3, 11], [4], [7, 8, 9, 10, 11, 12, 13, 14, 15]]  # different lengths

@@ -11,7 +11,7 @@ from infer.engine.load import Loaded
 from infer.engine.sampling import Sampling, sample
 from model import sharding
 from model.config import get_preset
-from model.transformer import build_model
+from model.family import build_model
 
 PROMPTS = [[5, 17, 99, 3, 250], [42], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
 

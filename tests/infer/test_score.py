@@ -11,7 +11,7 @@ import pytest
 
 from infer.engine.load import load
 from infer.score import score
-from model.transformer import build_model
+from model.family import build_model
 from tests.infer.conftest import CFG
 from train.checkpoint import Checkpointer
 from train.optimizer import make_optimizer

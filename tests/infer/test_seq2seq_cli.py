@@ -19,7 +19,7 @@ from infer.engine.load import Loaded, load
 from infer.score import score
 from model import sharding
 from model.config import get_preset
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 from train.checkpoint import Checkpointer
 
 WORDS = ["source", "target", "encoder", "decoder", "token", "beam", "search", "length",

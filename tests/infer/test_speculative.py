@@ -26,7 +26,7 @@ from infer.engine.speculative import (
 )
 from model import sharding
 from model.config import get_preset
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 from runtime.errors import UserError
 from tests.infer.test_generate import _cli
 from train.checkpoint import Checkpointer

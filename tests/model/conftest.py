@@ -9,7 +9,7 @@ import pytest
 
 from model import sharding
 from model.config import get_preset
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 
 
 @functools.cache

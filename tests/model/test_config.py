@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from model.config import PRESETS, ModelConfig, get_preset, read_recorded
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 from runtime.errors import UserError
 
 

@@ -18,7 +18,7 @@ from infer.engine.load import load
 from model import sharding
 from model.config import get_preset
 from model.convert import export_hf, import_hf, write_model_dir
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 from tests.model.hf_models import CASES, both_logits, build, tokens
 
 HF_CLASSES = {"decoder": {"rope": hf.LlamaForCausalLM, "learned": hf.GPT2LMHeadModel},

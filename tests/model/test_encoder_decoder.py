@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model.encoder_decoder import EncoderDecoder, init_cache
-from model.transformer import build_model
+from model.family import build_model
 
 VOCAB = 512
 

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from model import sharding
-from model.transformer import init_inputs
+from model.family import init_inputs
 
 # Param -> its spec on data=2,tensor=4 (fsdp has size 1 there but stays named in the spec).
 # tiny_* have 4 heads, d_model 64, vocab 512: every tensor-split dimension divides by 4.

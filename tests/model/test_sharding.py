@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from model import sharding
 from model.config import PRESETS, get_preset
-from model.transformer import build_model, init_inputs
+from model.family import build_model, init_inputs
 from runtime.errors import UserError
 from train.flags import TrainConfig
 from train.optimizer import make_optimizer

@@ -7,7 +7,7 @@ import pytest
 
 from model import sharding
 from model.config import get_preset
-from model.transformer import build_model
+from model.family import build_model
 
 FAMILIES = ["tiny_gpt", "tiny_llama"]  # learned positions + LayerNorm + GELU; RoPE + RMSNorm + GQA
 

@@ -10,7 +10,7 @@ import time
 
 import jax
 
-from model.transformer import build_model
+from model.family import build_model
 from train.checkpoint import Checkpointer
 from train.flags import TrainConfig
 from train.optimizer import make_optimizer

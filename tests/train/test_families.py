@@ -14,7 +14,7 @@ from data.classify import classification_task
 from data.corpus import load_corpus, sample
 from data.span import SENTINELS
 from data.tokenizer import BERT_SYMBOLS, train_tokenizer
-from model.transformer import build_model
+from model.family import build_model
 from train.checkpoint import Checkpointer, restore_pretrained
 from train.flags import TrainConfig
 from train.loop import train

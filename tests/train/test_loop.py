@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from model.transformer import build_model
+from model.family import build_model
 from train.checkpoint import Checkpointer
 from train.flags import TrainConfig
 from train.loop import train

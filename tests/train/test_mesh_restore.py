@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model import sharding
-from model.transformer import build_model
+from model.family import build_model
 from train.checkpoint import Checkpointer
 from train.flags import TrainConfig
 from train.loop import _batch_layout, evaluate, train

@@ -23,7 +23,7 @@ from data.pipeline import packed_dataset
 from data.tokenizer import load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig
-from model.transformer import build_model
+from model.family import build_model
 from train.checkpoint import Checkpointer
 from train.flags import TrainConfig
 from train.loop import train

@@ -9,7 +9,7 @@ import pytest
 
 from model import sharding
 from model.config import get_preset
-from model.transformer import build_model
+from model.family import build_model
 from train import objectives
 from train.bleu import greedy_decode
 from train.flags import TrainConfig

@@ -7,7 +7,7 @@ import pytest
 
 from model import sharding
 from model.config import get_preset
-from model.transformer import build_model
+from model.family import build_model
 from train.flags import TrainConfig
 from train.objectives import clm
 from train.optimizer import make_optimizer

@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from model import sharding
@@ -22,51 +21,20 @@ from runtime.hardware import peak_flops
 from train import distributed
 from train.bleu import Bleu
 from train.checkpoint import Checkpointer, match_pretrained, restore_pretrained
+from train.evaluate import HeldOut, batch_layout, step_batch
 from train.flags import TrainConfig
 from train.metrics import MetricsWriter, format_line, plot_curves
 from train.optimizer import make_optimizer
 from train.preemption import Preemption
 from train.prepare import Run, prepare
 from train.state import abstract_state, create_state
-from train.step import (
-    batch_shardings,
-    jit_eval_step,
-    jit_train_step,
-    make_eval_step,
-    make_train_step,
-)
+from train.step import jit_train_step, make_train_step
 from train.tasks import data_shards, spread
 
 
 def _say(message: str) -> None:
     if distributed.is_primary():  # one console for the run, not one line per host
         tqdm.write(message, file=sys.stdout)
-
-
-def _global_batch(local: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
-    """Assembles each host's rows into one global array laid out as the batch sharding says."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
-
-
-def _step_batch(run: Run, local: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
-    """The global batch a step reads: the data's arrays and what `run.annotate` adds to them."""
-    batch = _global_batch(local, shardings)
-    return run.annotate(batch) if run.annotate is not None else batch
-
-
-def _batch_layout(run: Run) -> tuple[dict, dict]:
-    """(shardings, abstract global arrays) of a batch, by key; shapes are read off the first
-    held-out batch (every batch of a stream has the same shapes), with the arrays
-    `run.annotate` adds."""
-    example = next(iter(run.eval_data))
-    shapes = {k: jax.ShapeDtypeStruct((run.cfg.batch_size, *v.shape[1:]), v.dtype)
-              for k, v in example.items()}
-    if run.annotate is not None:
-        shapes = jax.eval_shape(run.annotate, shapes)
-    shardings = batch_shardings(run.mesh, shapes)
-    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
-                for k, v in shapes.items()}
-    return shardings, abstract
 
 
 def _memory_report(compiled) -> str:
@@ -78,44 +46,6 @@ def _memory_report(compiled) -> str:
             f"outputs {stats.output_size_in_bytes / gib:.3f} GiB, temporaries "
             f"{stats.temp_size_in_bytes / gib:.3f} GiB (donated, aliased "
             f"{stats.alias_size_in_bytes / gib:.3f} GiB)")
-
-
-def evaluate(run: Run, eval_fn, params, shardings, bleu: Bleu | None = None) -> dict[str, float]:
-    """Held-out metrics over the first --eval_batches batches of the eval split (the same batches
-    in the same order every time): eval_loss / eval_ppl / eval_tokens from the objective's "loss" sums,
-    each other statistic (accuracy, ...) as its sum over its count, and BLEU if asked."""
-    sums: dict[str, list[float]] = {}
-    for batch in _eval_batches(run):
-        stats = jax.device_get(eval_fn(params, _step_batch(run, batch, shardings)))
-        for name, (total, count) in stats.items():
-            sums.setdefault(name, [0.0, 0.0])
-            sums[name][0] += float(total)
-            sums[name][1] += float(count)
-    total, count = sums.pop("loss")
-    loss = total / max(count, 1.0)
-    out = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": count}
-    out.update({name: total / max(count, 1.0) for name, (total, count) in sums.items()})
-    if bleu is not None:
-        out["bleu"] = bleu(params)
-    return out
-
-
-def _eval_batches(run: Run):
-    """This host's first --eval_batches held-out batches. Hosts hold different numbers of them
-    (each has its own shard), but every eval step needs all hosts: a host that has run out
-    feeds all-padding rows (weight 0) until every host has."""
-    stream, last = iter(run.eval_data), None
-    for _ in range(run.cfg.eval_batches):
-        batch = next(stream, None)
-        if jax.process_count() > 1:
-            if not multihost_utils.process_allgather(np.int32(batch is not None)).any():
-                return
-            if batch is None:
-                batch = {k: np.zeros_like(v) for k, v in last.items()}
-        elif batch is None:
-            return
-        last = batch
-        yield batch
 
 
 def _baseline_line(extra: dict) -> str:
@@ -226,7 +156,8 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
     counters = _Counters(meta)
 
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"]))
-    flops_per_token = family_of(run.model).train_flops_per_token(run.model, cfg.seq_len, run.target_len, task.lm_head)
+    flops_per_token = family_of(run.model).train_flops_per_token(run.model, cfg.seq_len,
+                                                                 run.target_len, task.lm_head)
     tokens_per_step = cfg.batch_size * task.tokens_per_row(cfg)
     peak = peak_flops()
     _say(f"model {cfg.preset} ({run.model.family}, --objective={cfg.objective}): "
@@ -234,7 +165,7 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
          f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s); "
          f"{_baseline_line(extra)}")
 
-    batch_layout, abstract_batch = _batch_layout(run)
+    layout, abstract_batch = batch_layout(run)
     bleu = None
     if cfg.objective == "seq2seq" and cfg.bleu_examples and cfg.eval_every:
         bleu = Bleu(model, run.tokenizer, spread(run.data.eval, cfg.bleu_examples),
@@ -248,9 +179,8 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
                disable=None if distributed.is_primary() else True, dynamic_ncols=True) as bar):
         step_fn = jit_train_step(
             make_train_step(model, task.objective(cfg), tx, schedule, cfg.grad_accum),
-            shardings, mesh, batch_layout)
-        eval_fn = jit_eval_step(make_eval_step(model, task.stats), shardings["params"], mesh,
-                                batch_layout)
+            shardings, mesh, layout)
+        evaluate = HeldOut(run, model, shardings["params"], layout, bleu)
         t0 = time.perf_counter()
         compiled = step_fn.lower(abstract, abstract_batch).compile()
         _say(f"compiled train step in {time.perf_counter() - t0:.1f} s; {_memory_report(compiled)}")
@@ -260,7 +190,7 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
         pending, timed, save_deferred = [], 0, False
         interval_start = time.perf_counter()
         for step in range(start + 1, cfg.steps + 1):
-            state, step_metrics = compiled(state, _step_batch(run, next(data_iter), batch_layout))
+            state, step_metrics = compiled(state, step_batch(run, next(data_iter), layout))
             pending.append(step_metrics)
             timed += 1
             bar.update(1)
@@ -285,7 +215,7 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
                         "tokens_seen": step * tokens_per_step, "skipped_steps": counters.skipped}
                 counters.interval = []
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                    last.update(evaluate(run, eval_fn, state["params"], batch_layout, bleu))
+                    last.update(evaluate(state["params"]))
                 metrics.write(step, last)
                 _say(format_line(step, cfg.steps, last))
                 bar.set_postfix(loss=f"{last['loss']:.3f}", refresh=False)

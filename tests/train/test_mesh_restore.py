@@ -11,12 +11,12 @@ import pytest
 from model import sharding
 from model.family import build_model
 from train.checkpoint import Checkpointer
+from train.evaluate import HeldOut
 from train.flags import TrainConfig
-from train.loop import _batch_layout, evaluate, train
+from train.loop import train
 from train.optimizer import make_optimizer
 from train.prepare import prepare
 from train.state import abstract_state
-from train.step import jit_eval_step, make_eval_step
 
 CFG = TrainConfig(preset="tiny", vocab_size=512, seq_len=32, batch_size=8, steps=4,
                   warmup_steps=1, log_every=2, eval_every=0, save_every=4, eval_batches=2,
@@ -44,11 +44,8 @@ def _restore_and_eval(workdir: str, spec: str, num_devices: int | None):
     checkpointer.close()
     for leaf, target in zip(jax.tree.leaves(state), jax.tree.leaves(abstract), strict=True):
         assert leaf.sharding.is_equivalent_to(target.sharding, leaf.ndim)
-    layout, _ = _batch_layout(run)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        eval_fn = jit_eval_step(make_eval_step(model, run.task.stats), shardings["params"], mesh,
-                                layout)
-        loss = evaluate(run, eval_fn, state["params"], layout)["eval_loss"]
+        loss = HeldOut(run, model, shardings["params"])(state["params"])["eval_loss"]
     return jax.device_get(state), loss
 
 

@@ -1,0 +1,1 @@
+"""Experiment definitions: flag files, and the scripts of multi-run studies."""

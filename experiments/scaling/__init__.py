@@ -1,0 +1,1 @@
+"""The compute-optimal scaling study: run the sweep, fit the law, plot it."""

@@ -25,7 +25,8 @@ def test_atomic_write_binary(tmp_path):
     path = str(tmp_path / "x.bin")
     with files.atomic_write(path, "wb") as f:
         f.write(b"\x00\x01")
-    assert open(path, "rb").read() == b"\x00\x01"
+    with open(path, "rb") as f:
+        assert f.read() == b"\x00\x01"
 
 
 @pytest.mark.parametrize("kind, chip, bf16", [

@@ -12,8 +12,8 @@ import numpy as np
 from data.examples import example_dataset, pad_row, shard_items
 from data.mlm import special_ids
 from data.records import fingerprint, read_records, split
+from data.sentencepiece_tokenizer import Tokenizer
 from data.stdlib_functions import stdlib_functions
-from data.tokenizer import Tokenizer
 from runtime.errors import UserError
 
 STDLIB_SOURCE = "stdlib:packages"

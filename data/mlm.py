@@ -11,7 +11,7 @@ import numpy as np
 
 from data.examples import derived_seed
 from data.pipeline import packed_dataset
-from data.tokenizer import BERT_SYMBOLS, Tokenizer
+from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from runtime.errors import UserError
 
 MASK_RATE = 0.15

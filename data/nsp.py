@@ -12,7 +12,7 @@ import numpy as np
 from data.examples import example_dataset, pad_row, shard_items
 from data.mlm import MASK_RATE, check_mask_rate, mask_tokens, ordinary_ids, special_ids
 from data.pipeline import CHARS_PER_TOKEN, _chunks
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 IS_NEXT, IS_RANDOM = 0, 1  # nsp_labels, as in BERT and HF transformers

@@ -9,7 +9,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32[batch, length]

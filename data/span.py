@@ -14,7 +14,7 @@ import numpy as np
 
 from data.examples import derived_seed, pad_row
 from data.pipeline import packed_dataset
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 NOISE_DENSITY = 0.15

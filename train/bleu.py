@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from data.sentencepiece_tokenizer import Tokenizer
 from data.seq2seq import Pair, seq2seq_dataset
-from data.tokenizer import Tokenizer
 from model import sharding
 
 Array = jax.Array

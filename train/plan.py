@@ -257,7 +257,7 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     import jax
     from jax.sharding import AxisType
 
-    from data.tokenizer import load_tokenizer
+    from data.sentencepiece_tokenizer import load_tokenizer
     from model import sharding
     from model.config import get_preset
     from model.transformer import build_model

@@ -17,10 +17,10 @@ from data.corpus import Corpus, load_corpus
 from data.mlm import mlm_dataset, special_ids
 from data.nsp import nsp_dataset
 from data.pipeline import packed_dataset
+from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from data.seq2seq import Seq2SeqTask, seq2seq_dataset, seq2seq_task
 from data.shards import ShardedBatches, host_shards
 from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
-from data.tokenizer import BERT_SYMBOLS, Tokenizer
 from data.unigram import unigram_loss
 from model.config import ModelConfig
 from runtime.errors import UserError

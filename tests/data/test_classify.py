@@ -15,7 +15,7 @@ from data.classify import (
     majority_accuracy,
 )
 from data.mlm import special_ids
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 LENGTH, BATCH = 32, 8

@@ -12,7 +12,7 @@ import pytest
 from data.corpus import load_corpus, sample
 from data.mlm import mask_tokens, mlm_dataset, ordinary_ids, special_ids
 from data.pipeline import packed_dataset
-from data.tokenizer import Tokenizer, load_tokenizer
+from data.sentencepiece_tokenizer import Tokenizer, load_tokenizer
 from runtime.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 
 from data.mlm import special_ids
 from data.nsp import IS_NEXT, IS_RANDOM, fit_pair, nsp_dataset
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 LENGTH = 64

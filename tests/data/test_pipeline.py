@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data.pipeline import packed_dataset
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 LENGTH, BATCH = 32, 4

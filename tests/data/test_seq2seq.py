@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data.sentencepiece_tokenizer import Tokenizer
 from data.seq2seq import Pair, seq2seq_dataset, seq2seq_task
 from data.stdlib_functions import stdlib_functions
-from data.tokenizer import Tokenizer
 from runtime.errors import UserError
 
 SRC, TGT, BATCH = 48, 16, 4

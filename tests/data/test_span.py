@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data.corpus import load_corpus, sample
+from data.sentencepiece_tokenizer import Tokenizer, train_tokenizer
 from data.span import (
     SENTINELS,
     corrupt,
@@ -17,7 +18,6 @@ from data.span import (
     sentinel_ids,
     span_dataset,
 )
-from data.tokenizer import Tokenizer, train_tokenizer
 from runtime.errors import UserError
 
 LENGTH, BATCH = 64, 8

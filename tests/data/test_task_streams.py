@@ -13,8 +13,8 @@ from data.classify import classification_dataset, classification_task
 from data.corpus import load_corpus, sample
 from data.mlm import mlm_dataset
 from data.nsp import nsp_dataset
+from data.sentencepiece_tokenizer import Tokenizer
 from data.seq2seq import seq2seq_dataset, seq2seq_task
-from data.tokenizer import Tokenizer
 
 BATCH = 4
 TASKS = ("mlm", "nsp", "seq2seq", "classify")

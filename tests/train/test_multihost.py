@@ -20,7 +20,7 @@ import pytest
 
 from data.corpus import load_corpus
 from data.pipeline import packed_dataset
-from data.tokenizer import load_tokenizer, train_tokenizer
+from data.sentencepiece_tokenizer import load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig
 from model.transformer import build_model

@@ -11,9 +11,10 @@ import numpy as np
 
 from data.examples import example_dataset, pad_row, shard_items
 from data.mlm import special_ids
+from data.options import StreamOptions
 from data.records import fingerprint, read_records, split
+from data.sentencepiece_tokenizer import Tokenizer
 from data.stdlib_functions import stdlib_functions
-from data.tokenizer import Tokenizer
 from runtime.errors import UserError
 
 STDLIB_SOURCE = "stdlib:packages"
@@ -141,17 +142,12 @@ def majority_accuracy(train: Sequence[Example], held_out: Sequence[Example]) -> 
 def classification_dataset(
     examples: Sequence[Example],
     tokenizer: Tokenizer,
+    options: StreamOptions,
     *,
     length: int,
-    batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    repeat: bool = True,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_threads: int = 2,
 ) -> grain.IterDataset:
-    """Batches of data shard's share `examples[i::count]`, one example a row.
+    """Batches of data shard's share `examples[i::count]` (see `StreamOptions`), one example a
+    row.
 
     A row is `[CLS] text [SEP]` then padding, the text cut to its first length - 2 tokens; an
     encoder classifies from the [CLS] position (0). Each element holds
@@ -165,7 +161,9 @@ def classification_dataset(
     """
     if length < 3:
         raise UserError(f"classification rows need length >= 3 ([CLS] text [SEP]), got {length}.")
-    shard_examples = shard_items(examples, shard_index, shard_count, "classification examples")
+    shard_examples = shard_items(
+        examples, options.shard_index, options.shard_count, "classification examples"
+    )
     specials = special_ids(tokenizer)
     cls, sep = np.asarray([specials.cls], np.int32), np.asarray([specials.sep], np.int32)
 
@@ -180,13 +178,4 @@ def classification_dataset(
             "label_weights": np.asarray(1, np.int32),
         }
 
-    return example_dataset(
-        shard_examples,
-        featurize,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        repeat=repeat,
-        shard_index=shard_index,
-        num_threads=num_threads,
-    )
+    return example_dataset(shard_examples, featurize, options)

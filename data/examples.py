@@ -9,6 +9,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from data.options import StreamOptions
 from runtime.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -33,18 +34,10 @@ def shard_items(
 
 
 def example_dataset(
-    items: Sequence[Any],
-    featurize: Featurize,
-    *,
-    batch_size: int,
-    seed: int,
-    shuffle: bool,
-    repeat: bool,
-    shard_index: int,
-    num_threads: int,
+    items: Sequence[Any], featurize: Featurize, options: StreamOptions
 ) -> grain.IterDataset:
-    """Batches of `featurize(item, rng)` over `items` (one data shard's share, see
-    `shard_items`).
+    """Batches of `featurize(item, rng)` over `items` (data shard `options.shard_index`'s share,
+    see `shard_items`).
 
     Each element stacks the featurized dicts into arrays with a leading `batch_size` axis. With
     repeat=True the stream is infinite and reshuffled every epoch; with repeat=False it is one
@@ -52,16 +45,21 @@ def example_dataset(
     featurize generator depends on (seed, shard_index, position in the stream).
     `iter(ds).get_state()` is a small JSON-able dict that `set_state` restores exactly.
     """
+    batch_size, repeat = options.batch_size, options.repeat
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}.")
     ds = grain.MapDataset.source(list(items))
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
+    if options.shuffle:
+        ds = ds.shuffle(seed=options.seed)
     if repeat:
         ds = ds.repeat(None)  # grain reshuffles each epoch; random_map indexes the whole stream
-    ds = ds.random_map(featurize, seed=derived_seed(seed, shard_index, "featurize"))
+    ds = ds.random_map(
+        featurize, seed=derived_seed(options.seed, options.shard_index, "featurize")
+    )
     ds = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(128, 4 * batch_size))
+        grain.ReadOptions(
+            num_threads=options.num_threads, prefetch_buffer_size=max(128, 4 * batch_size)
+        )
     )
     ds = ds.batch(batch_size, drop_remainder=repeat)
     if not repeat:

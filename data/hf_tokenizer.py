@@ -1,5 +1,5 @@
 """Loads a Hugging Face tokenizer.json (a model imported from the Hub) behind the interface of
-data/tokenizer.py's SentencePiece `Tokenizer`, so generation, scoring and training use it as is."""
+data/sentencepiece_tokenizer.py's `Tokenizer`, so generation, scoring and training use it as is."""
 
 import json
 import os
@@ -25,8 +25,9 @@ FALLBACKS = {
 
 
 class HFTokenizer:
-    """A tokenizers.Tokenizer with the attributes and methods of data.tokenizer.Tokenizer: ids are
-    int32, encode adds no special tokens (the engine adds BOS itself), a missing special id is -1."""
+    """A tokenizers.Tokenizer with the attributes and methods of
+    data.sentencepiece_tokenizer.Tokenizer: ids are int32, encode adds no special tokens (the
+    engine adds BOS itself), a missing special id is -1."""
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, path: str, special: dict[str, str]):
         self._tk = tokenizer

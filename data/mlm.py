@@ -10,8 +10,9 @@ import grain
 import numpy as np
 
 from data.examples import derived_seed
+from data.options import StreamOptions
 from data.pipeline import packed_dataset
-from data.tokenizer import BERT_SYMBOLS, Tokenizer
+from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from runtime.errors import UserError
 
 MASK_RATE = 0.15
@@ -109,15 +110,9 @@ def check_mask_rate(rate: float) -> None:
 def mlm_dataset(
     texts: Sequence[str],
     tokenizer: Tokenizer,
+    options: StreamOptions,
     *,
     length: int,
-    batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    repeat: bool = True,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_threads: int = 2,
     mask_rate: float = MASK_RATE,
 ) -> grain.IterDataset:
     """Masked-LM batches of data shard's share of `texts`, packed as in `packed_dataset`.
@@ -136,18 +131,7 @@ def mlm_dataset(
     check_mask_rate(mask_rate)
     specials = special_ids(tokenizer)
     all_special, random_ids = specials.all(), ordinary_ids(tokenizer.vocab_size, specials)
-    ds = packed_dataset(
-        texts,
-        tokenizer,
-        length=length,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        repeat=repeat,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        num_threads=num_threads,
-    )
+    ds = packed_dataset(texts, tokenizer, options, length=length)
 
     def mask(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         tokens = batch["tokens"]
@@ -162,4 +146,4 @@ def mlm_dataset(
             "token_types": np.zeros_like(tokens),
         }
 
-    return ds.random_map(mask, seed=derived_seed(seed, shard_index, "mlm"))
+    return ds.random_map(mask, seed=derived_seed(options.seed, options.shard_index, "mlm"))

@@ -11,8 +11,9 @@ import numpy as np
 
 from data.examples import example_dataset, pad_row, shard_items
 from data.mlm import MASK_RATE, check_mask_rate, mask_tokens, ordinary_ids, special_ids
+from data.options import StreamOptions
 from data.pipeline import CHARS_PER_TOKEN, _chunks
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 IS_NEXT, IS_RANDOM = 0, 1  # nsp_labels, as in BERT and HF transformers
@@ -52,18 +53,13 @@ class SentencePairs:
 def nsp_dataset(
     texts: Sequence[str],
     tokenizer: Tokenizer,
+    options: StreamOptions,
     *,
     length: int,
-    batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    repeat: bool = True,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_threads: int = 2,
     mask_rate: float = MASK_RATE,
 ) -> grain.IterDataset:
-    """MLM + NSP batches of sentence pairs from data shard's share `texts[i::count]`.
+    """MLM + NSP batches of sentence pairs from data shard's share `texts[i::count]` (see
+    `StreamOptions`).
 
     Every chunk that has a successor in its document starts one pair per epoch. A row is
     `[CLS] A [SEP] B [SEP]` then padding; when A and B do not fit, A keeps its end and B its
@@ -82,6 +78,7 @@ def nsp_dataset(
     if length < MIN_LENGTH:
         raise UserError(f"sentence pairs need length >= {MIN_LENGTH}, got {length}.")
     check_mask_rate(mask_rate)
+    shard_index, shard_count = options.shard_index, options.shard_count
     shard_texts = [t for t in shard_items(texts, shard_index, shard_count, "documents") if t]
     if len(shard_texts) < 2:
         raise UserError(
@@ -123,16 +120,7 @@ def nsp_dataset(
             "nsp_weights": np.asarray(1, np.int32),
         }
 
-    return example_dataset(
-        pairs.firsts,
-        featurize,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        repeat=repeat,
-        shard_index=shard_index,
-        num_threads=num_threads,
-    )
+    return example_dataset(pairs.firsts, featurize, options)
 
 
 def fit_pair(a: np.ndarray, b: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:

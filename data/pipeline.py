@@ -9,7 +9,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from data.tokenizer import Tokenizer
+from data.options import StreamOptions
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32[batch, length]
@@ -18,17 +19,11 @@ Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32[batch, le
 def packed_dataset(
     texts: Sequence[str],
     tokenizer: Tokenizer,
+    options: StreamOptions,
     *,
     length: int,
-    batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    repeat: bool = True,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_threads: int = 2,
 ) -> grain.IterDataset:
-    """Packed batches of data shard's share of `texts`.
+    """Packed batches of data shard's share of `texts` (see `StreamOptions`).
 
     Each document is cut at line boundaries into pieces of about one row, the pieces are shuffled
     and tokenized (the last piece of a document ends with EOS), then concatenated and split into
@@ -39,12 +34,14 @@ def packed_dataset(
       segment_ids: 1, 2, 3, ... per document piece in the row; 0 on padding.
       positions: 0, 1, 2, ... restarting at every segment start (so always < length); 0 on padding.
 
-    `batch_size` is the per-shard batch; shard `shard_index` reads documents
+    `options.batch_size` is the per-shard batch; shard `shard_index` reads documents
     `[shard_index::shard_count]`. With repeat=True the stream is infinite, reshuffled every
     epoch, and every batch is full. With repeat=False the stream is one pass over the documents;
     its last partial batch is kept and padded with all-zero rows (segment_ids 0) so shapes stay
     static, so eval code must weight tokens by `segment_ids != 0`.
     """
+    batch_size, repeat = options.batch_size, options.repeat
+    shard_index, shard_count = options.shard_index, options.shard_count
     if length < 2 or batch_size < 1:
         raise UserError(f"need length >= 2 and batch_size >= 1, got {length} and {batch_size}.")
     if not 0 <= shard_index < shard_count:
@@ -66,15 +63,17 @@ def packed_dataset(
     # fill dozens of consecutive batches and the model would see one file at a time.
     chunks = [c for text in shard_texts for c in _chunks(text, CHARS_PER_TOKEN * length)]
     ds = grain.MapDataset.source(chunks)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
+    if options.shuffle:
+        ds = ds.shuffle(seed=options.seed)
     if repeat:
         # grain folds the epoch number into the shuffle seed, so every epoch has a new order.
         ds = ds.repeat(None)
     ds = ds.map(tokenize)
     # Threads only help the tokenizer (SentencePiece releases the GIL); reading is in-memory.
     ds = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(128, 4 * batch_size))
+        grain.ReadOptions(
+            num_threads=options.num_threads, prefetch_buffer_size=max(128, 4 * batch_size)
+        )
     )
     ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": length})
     ds = ds.map(_rename)

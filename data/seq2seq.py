@@ -9,9 +9,10 @@ import grain
 import numpy as np
 
 from data.examples import example_dataset, pad_row, shard_items
+from data.options import StreamOptions
 from data.records import fingerprint, read_records, split
+from data.sentencepiece_tokenizer import Tokenizer
 from data.stdlib_functions import stdlib_functions
-from data.tokenizer import Tokenizer
 from runtime.errors import UserError
 
 STDLIB_SOURCE = "stdlib:docstrings"
@@ -65,18 +66,13 @@ def _stdlib_pairs() -> list[tuple[str, Pair]]:
 def seq2seq_dataset(
     pairs: Sequence[Pair],
     tokenizer: Tokenizer,
+    options: StreamOptions,
     *,
     source_length: int,
     target_length: int,
-    batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    repeat: bool = True,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_threads: int = 2,
 ) -> grain.IterDataset:
-    """Encoder-decoder batches of data shard's share `pairs[i::count]`, one pair a row.
+    """Encoder-decoder batches of data shard's share `pairs[i::count]` (see `StreamOptions`),
+    one pair a row.
 
     The source is encoded, cut to source_length - 1 tokens (keeping its start) and ends with EOS;
     the target likewise to target_length - 1 tokens + EOS. Each element holds
@@ -93,7 +89,7 @@ def seq2seq_dataset(
         raise UserError(
             f"need source_length and target_length >= 2, got {source_length} and {target_length}."
         )
-    shard_pairs = shard_items(pairs, shard_index, shard_count, "seq2seq pairs")
+    shard_pairs = shard_items(pairs, options.shard_index, options.shard_count, "seq2seq pairs")
     bos = np.asarray([tokenizer.bos_id], np.int32)
     eos = np.asarray([tokenizer.eos_id], np.int32)
 
@@ -114,13 +110,4 @@ def seq2seq_dataset(
             "decoder_weights": decoder["segment_ids"].copy(),
         }
 
-    return example_dataset(
-        shard_pairs,
-        featurize,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        repeat=repeat,
-        shard_index=shard_index,
-        num_threads=num_threads,
-    )
+    return example_dataset(shard_pairs, featurize, options)

@@ -13,8 +13,9 @@ import grain
 import numpy as np
 
 from data.examples import derived_seed, pad_row
+from data.options import StreamOptions
 from data.pipeline import packed_dataset
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 NOISE_DENSITY = 0.15
@@ -103,16 +104,10 @@ def corrupt(
 def span_dataset(
     texts: Sequence[str],
     tokenizer: Tokenizer,
+    options: StreamOptions,
     *,
     length: int,
-    batch_size: int,
-    seed: int,
     target_length: int = 0,
-    shuffle: bool = True,
-    repeat: bool = True,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_threads: int = 2,
     noise_density: float = NOISE_DENSITY,
     mean_span_length: float = MEAN_SPAN_LENGTH,
 ) -> grain.IterDataset:
@@ -142,18 +137,7 @@ def span_dataset(
         )
     sentinels = sentinel_ids(tokenizer)
     bos, eos = np.int32(tokenizer.bos_id), np.int32(tokenizer.eos_id)
-    ds = packed_dataset(
-        texts,
-        tokenizer,
-        length=raw,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        repeat=repeat,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        num_threads=num_threads,
-    )
+    ds = packed_dataset(texts, tokenizer, options, length=raw)
 
     def row(tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if len(tokens) < 2:  # a padding row of a last eval batch: nothing to score
@@ -181,4 +165,6 @@ def span_dataset(
         rows = [row(t[s > 0], rng) for t, s in zip(batch["tokens"], batch["segment_ids"])]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
-    return ds.random_map(corrupt_batch, seed=derived_seed(seed, shard_index, "span"))
+    return ds.random_map(
+        corrupt_batch, seed=derived_seed(options.seed, options.shard_index, "span")
+    )

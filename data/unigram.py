@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from data.corpus import sample
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 
 
 def unigram_loss(

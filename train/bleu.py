@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from data.options import StreamOptions
+from data.sentencepiece_tokenizer import Tokenizer
 from data.seq2seq import Pair, seq2seq_dataset
-from data.tokenizer import Tokenizer
 from model import sharding
 
 Array = jax.Array
@@ -50,9 +51,10 @@ class Bleu:
         self.tokenizer, self.references = tokenizer, [pair.target for pair in pairs]
         self.mesh, self.target_length = mesh, target_length
         rows = -(-len(pairs) // batch_size) * batch_size
-        ds = seq2seq_dataset(pairs, tokenizer, source_length=source_length,
-                             target_length=target_length, batch_size=rows, seed=0,
-                             shuffle=False, repeat=False, num_threads=0)
+        options = StreamOptions(batch_size=rows, seed=0, shuffle=False, repeat=False,
+                                num_threads=0)
+        ds = seq2seq_dataset(pairs, tokenizer, options, source_length=source_length,
+                             target_length=target_length)
         batch = next(iter(ds))
         keys = ("encoder_tokens", "encoder_segment_ids", "encoder_positions")
         self.batches = [{k: batch[k][i:i + batch_size] for k in keys}

@@ -10,7 +10,7 @@ import shutil
 from absl import logging
 
 from data.hf_tokenizer import SPECIAL_FILES, HFTokenizer
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from model.config import ModelConfig
 from runtime.errors import UserError
 from train.flags import TrainConfig

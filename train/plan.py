@@ -257,7 +257,7 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     import jax
     from jax.sharding import AxisType
 
-    from data.tokenizer import load_tokenizer
+    from data.sentencepiece_tokenizer import load_tokenizer
     from model import sharding
     from model.config import get_preset
     from model.family import build_model, family_of
@@ -294,8 +294,11 @@ def compile_plan(cfg: TrainConfig, compiled_on: str, target: plan_report.Target,
     data = synthetic_data(task, cfg)
     model_cfg = task.resolve_model(model_cfg, cfg, data)
 
-    # One row of the task's own pipeline gives every batch array's trailing shape and dtype.
-    example = next(iter(task.dataset(cfg.replace(batch_size=1), data,
+    # One row of the task's own pipeline gives every batch array's trailing shape and dtype. It
+    # is read from a single data shard: a row has the same shape in every shard, and one row
+    # split over --data_shards would leave each shard no rows (check_batch has already checked
+    # that --batch_size splits evenly over the shards).
+    example = next(iter(task.dataset(cfg.replace(batch_size=1, data_shards=1), data,
                                      ByteTokenizer(task.extra_symbols), "eval")))
     layout = batch_shardings(mesh, example)
     batch = {k: jax.ShapeDtypeStruct((cfg.batch_size, *v.shape[1:]), v.dtype,

@@ -16,8 +16,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from data.hf_tokenizer import HFTokenizer
+from data.sentencepiece_tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from data.shards import ShardedBatches, host_shards
-from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig, get_preset, read_recorded
 from model.family import family_of

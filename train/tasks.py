@@ -16,11 +16,12 @@ from data.classify import ClassificationTask, classification_dataset, classifica
 from data.corpus import Corpus, load_corpus
 from data.mlm import mlm_dataset, special_ids
 from data.nsp import nsp_dataset
+from data.options import StreamOptions
 from data.pipeline import packed_dataset
+from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from data.seq2seq import Seq2SeqTask, seq2seq_dataset, seq2seq_task
 from data.shards import ShardedBatches, host_shards
 from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
-from data.tokenizer import BERT_SYMBOLS, Tokenizer
 from data.unigram import unigram_loss
 from model.config import ModelConfig
 from model.family import FAMILIES, Family, family_of
@@ -106,27 +107,27 @@ class Task:
     def _shard(self, cfg: TrainConfig, data: Data, tokenizer: Tokenizer, split: str,
                shard_index: int, shard_count: int) -> grain.IterDataset:
         train = split == "train"
-        common = {"batch_size": cfg.batch_size // shard_count, "seed": cfg.seed,
-                  "shuffle": train or self.kind != "text", "repeat": train,
-                  "shard_index": shard_index, "shard_count": shard_count}
+        options = StreamOptions(batch_size=cfg.batch_size // shard_count, seed=cfg.seed,
+                                shuffle=train or self.kind != "text", repeat=train,
+                                shard_index=shard_index, shard_count=shard_count)
         items = data.train if train else data.eval
         batches = self.reads or self.name
         if batches == "clm":
-            return packed_dataset(items, tokenizer, length=cfg.seq_len + 1, **common)
+            return packed_dataset(items, tokenizer, options, length=cfg.seq_len + 1)
         if batches == "mlm":
-            return mlm_dataset(items, tokenizer, length=cfg.seq_len, mask_rate=cfg.mask_rate,
-                               **common)
+            return mlm_dataset(items, tokenizer, options, length=cfg.seq_len,
+                               mask_rate=cfg.mask_rate)
         if batches == "mlm_nsp":
-            return nsp_dataset(items, tokenizer, length=cfg.seq_len, mask_rate=cfg.mask_rate,
-                               **common)
+            return nsp_dataset(items, tokenizer, options, length=cfg.seq_len,
+                               mask_rate=cfg.mask_rate)
         if batches == "classify":
-            return classification_dataset(items, tokenizer, length=cfg.seq_len, **common)
+            return classification_dataset(items, tokenizer, options, length=cfg.seq_len)
         if batches == "seq2seq":
-            return seq2seq_dataset(items, tokenizer, source_length=cfg.seq_len,
-                                   target_length=target_len(self, cfg), **common)
-        return span_dataset(items, tokenizer, length=cfg.seq_len, target_length=cfg.target_len,
-                            noise_density=cfg.noise_density,
-                            mean_span_length=cfg.mean_span_length, **common)
+            return seq2seq_dataset(items, tokenizer, options, source_length=cfg.seq_len,
+                                   target_length=target_len(self, cfg))
+        return span_dataset(items, tokenizer, options, length=cfg.seq_len,
+                            target_length=cfg.target_len, noise_density=cfg.noise_density,
+                            mean_span_length=cfg.mean_span_length)
 
     def tokens_per_row(self, cfg: TrainConfig) -> int:
         """Tokens a row of a batch computes on (encoder + decoder for encoder-decoders)."""

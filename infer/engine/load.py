@@ -8,7 +8,7 @@ import jax
 from jax.sharding import Mesh
 
 from data.hf_tokenizer import HFTokenizer
-from data.tokenizer import Tokenizer, find_tokenizer
+from data.sentencepiece_tokenizer import Tokenizer, find_tokenizer
 from model import quant, sharding
 from model.config import QUANT_MODES, ModelConfig, read_recorded
 from model.family import build_model, init_inputs

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data.tokenizer import BOS_ID
+from data.sentencepiece_tokenizer import BOS_ID
 from infer.engine import beam
 from infer.engine.sampling import Sampling, sample
 from model import sharding

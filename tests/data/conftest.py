@@ -6,7 +6,7 @@ Training them once per session keeps the data tests to seconds.
 import pytest
 
 from data.corpus import load_corpus, sample
-from data.tokenizer import BERT_SYMBOLS, Tokenizer, train_tokenizer
+from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer, train_tokenizer
 
 SMALL_VOCAB = 400
 

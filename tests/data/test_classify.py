@@ -15,7 +15,8 @@ from data.classify import (
     majority_accuracy,
 )
 from data.mlm import special_ids
-from data.tokenizer import Tokenizer
+from data.options import StreamOptions
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 LENGTH, BATCH = 32, 8
@@ -73,8 +74,8 @@ def test_majority_accuracy():
 def test_batches(bert_tokenizer: Tokenizer, stdlib_task):
     tok, ids = bert_tokenizer, special_ids(bert_tokenizer)
     examples = stdlib_task.eval[:20]
-    batches = list(classification_dataset(examples, tok, length=LENGTH, batch_size=BATCH, seed=0,
-                                          shuffle=False, repeat=False))
+    options = StreamOptions(batch_size=BATCH, seed=0, shuffle=False, repeat=False)
+    batches = list(classification_dataset(examples, tok, options, length=LENGTH))
     assert len(batches) == 3
     for batch in batches:
         assert batch["labels"].shape == batch["label_weights"].shape == (BATCH,)
@@ -95,9 +96,9 @@ def test_hosts_split_the_examples(bert_tokenizer: Tokenizer, stdlib_task):
     examples = stdlib_task.eval[:30]
 
     def rows(index: int) -> list[tuple[int, tuple]]:
-        ds = classification_dataset(examples, bert_tokenizer, length=LENGTH, batch_size=4, seed=0,
-                                    shuffle=False, repeat=False, shard_index=index,
-                                    shard_count=2)
+        options = StreamOptions(batch_size=4, seed=0, shuffle=False, repeat=False,
+                                shard_index=index, shard_count=2)
+        ds = classification_dataset(examples, bert_tokenizer, options, length=LENGTH)
         return [(int(b["labels"][r]), tuple(b["tokens"][r])) for b in ds for r in range(4)
                 if b["label_weights"][r]]
 
@@ -156,9 +157,11 @@ def test_bad_jsonl_gives_one_line_user_error(tmp_path: Path, lines, names, messa
 def test_bad_arguments(bert_tokenizer: Tokenizer, small_tokenizer: Tokenizer, tmp_path: Path):
     examples = [Example("a", 0), Example("b", 1)]
     with pytest.raises(UserError, match="length >= 3"):
-        classification_dataset(examples, bert_tokenizer, length=2, batch_size=1, seed=0)
+        classification_dataset(examples, bert_tokenizer, StreamOptions(batch_size=1, seed=0),
+                               length=2)
     with pytest.raises(UserError, match=r"\[CLS\]"):
-        classification_dataset(examples, small_tokenizer, length=8, batch_size=1, seed=0)
+        classification_dataset(examples, small_tokenizer, StreamOptions(batch_size=1, seed=0),
+                               length=8)
     with pytest.raises(UserError, match="does not exist"):
         classification_task(str(tmp_path / "missing.jsonl"))
     (tmp_path / "notes.txt").write_text("hello\n")

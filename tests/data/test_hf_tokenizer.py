@@ -1,5 +1,6 @@
-"""Tests for data/hf_tokenizer.py and the tokenizer lookup of data/tokenizer.py: ids and special
-ids equal to transformers', exact round trip, load_tokenizer/find_tokenizer, load errors.
+"""Tests for data/hf_tokenizer.py and the tokenizer lookup of data/sentencepiece_tokenizer.py: ids
+and special ids equal to transformers', exact round trip, load_tokenizer/find_tokenizer, load
+errors.
 
 Tokenizers are trained here with the `tokenizers` library, so nothing needs the network.
 """
@@ -15,7 +16,7 @@ import tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
-from data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
+from data.sentencepiece_tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from runtime.errors import UserError
 
 TEXT = inspect.getsource(json)  # a few hundred lines of code and prose

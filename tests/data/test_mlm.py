@@ -11,8 +11,9 @@ import pytest
 
 from data.corpus import load_corpus, sample
 from data.mlm import mask_tokens, mlm_dataset, ordinary_ids, special_ids
+from data.options import StreamOptions
 from data.pipeline import packed_dataset
-from data.tokenizer import Tokenizer, load_tokenizer
+from data.sentencepiece_tokenizer import Tokenizer, load_tokenizer
 from runtime.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,9 +92,9 @@ def test_masking_rule_statistics():
 
 def test_mlm_stream_masks_the_packed_rows(bert_tokenizer: Tokenizer, texts: list[str]):
     tok, ids = bert_tokenizer, special_ids(bert_tokenizer)
-    kwargs = {"length": LENGTH, "batch_size": BATCH, "seed": 3}
-    masked = list(itertools.islice(iter(mlm_dataset(texts, tok, **kwargs)), 40))
-    packed = list(itertools.islice(iter(packed_dataset(texts, tok, **kwargs)), 40))
+    options = StreamOptions(batch_size=BATCH, seed=3)
+    masked = list(itertools.islice(iter(mlm_dataset(texts, tok, options, length=LENGTH)), 40))
+    packed = list(itertools.islice(iter(packed_dataset(texts, tok, options, length=LENGTH)), 40))
     chosen_total = maskable_total = 0
     actions = np.zeros(3)
     for m, p in zip(masked, packed):
@@ -122,8 +123,8 @@ def test_mlm_stream_masks_the_packed_rows(bert_tokenizer: Tokenizer, texts: list
 
 def test_masks_differ_between_batches_and_seeds(bert_tokenizer: Tokenizer, texts: list[str]):
     def weights(seed: int) -> list[np.ndarray]:
-        ds = mlm_dataset(texts, bert_tokenizer, length=LENGTH, batch_size=2, seed=seed,
-                         shuffle=False)
+        ds = mlm_dataset(texts, bert_tokenizer,
+                         StreamOptions(batch_size=2, seed=seed, shuffle=False), length=LENGTH)
         return [b["weights"] for b in itertools.islice(iter(ds), 4)]
 
     first, again, other = weights(0), weights(0), weights(1)
@@ -134,11 +135,13 @@ def test_masks_differ_between_batches_and_seeds(bert_tokenizer: Tokenizer, texts
 
 def test_eval_stream_never_masks_padding(bert_tokenizer: Tokenizer):
     docs = [f"def f{i}(x):\n    return x * {i}\n" for i in range(30)]
-    batches = list(mlm_dataset(docs, bert_tokenizer, length=32, batch_size=4, seed=0,
-                               shuffle=False, repeat=False))
+    batches = list(mlm_dataset(docs, bert_tokenizer,
+                               StreamOptions(batch_size=4, seed=0, shuffle=False, repeat=False),
+                               length=32))
     padding = np.concatenate([b["segment_ids"] == 0 for b in batches])
     weights = np.concatenate([b["weights"] for b in batches])
     assert padding.sum() > 0 and weights.sum() > 0
     assert not weights[padding].any()
     with pytest.raises(UserError, match="mask_rate"):
-        mlm_dataset(docs, bert_tokenizer, length=32, batch_size=4, seed=0, mask_rate=1.5)
+        mlm_dataset(docs, bert_tokenizer, StreamOptions(batch_size=4, seed=0), length=32,
+                    mask_rate=1.5)

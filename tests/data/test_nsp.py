@@ -8,7 +8,8 @@ import pytest
 
 from data.mlm import special_ids
 from data.nsp import IS_NEXT, IS_RANDOM, fit_pair, nsp_dataset
-from data.tokenizer import Tokenizer
+from data.options import StreamOptions
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 LENGTH = 64
@@ -17,9 +18,8 @@ DOCS = ["".join(f"<{d:02d}:{k:02d}>\n" for k in range(40)) for d in range(30)]
 
 
 def _pairs(tok: Tokenizer, n: int, **overrides) -> list[dict]:
-    kwargs = {"length": LENGTH, "batch_size": 16, "seed": 0}
-    kwargs.update(overrides)
-    return list(itertools.islice(iter(nsp_dataset(DOCS, tok, **kwargs)), n))
+    options = StreamOptions(**{"batch_size": 16, "seed": 0, **overrides})
+    return list(itertools.islice(iter(nsp_dataset(DOCS, tok, options, length=LENGTH)), n))
 
 
 def _unmasked(batch: dict) -> np.ndarray:
@@ -109,12 +109,14 @@ def test_fit_pair_keeps_the_seam():
 
 def test_bad_inputs_raise_user_error(bert_tokenizer: Tokenizer, small_tokenizer: Tokenizer):
     with pytest.raises(UserError, match="at least 2"):
-        nsp_dataset(DOCS[:1], bert_tokenizer, length=LENGTH, batch_size=2, seed=0)
+        nsp_dataset(DOCS[:1], bert_tokenizer, StreamOptions(batch_size=2, seed=0), length=LENGTH)
     with pytest.raises(UserError, match="length >= 5"):
-        nsp_dataset(DOCS, bert_tokenizer, length=4, batch_size=2, seed=0)
+        nsp_dataset(DOCS, bert_tokenizer, StreamOptions(batch_size=2, seed=0), length=4)
     with pytest.raises(UserError, match="no next sentence"):
-        nsp_dataset(["a\n", "b\n"], bert_tokenizer, length=LENGTH, batch_size=2, seed=0)
+        nsp_dataset(["a\n", "b\n"], bert_tokenizer, StreamOptions(batch_size=2, seed=0),
+                    length=LENGTH)
     with pytest.raises(UserError, match="mask_rate must be in"):
-        nsp_dataset(DOCS, bert_tokenizer, length=LENGTH, batch_size=2, seed=0, mask_rate=0.0)
+        nsp_dataset(DOCS, bert_tokenizer, StreamOptions(batch_size=2, seed=0), length=LENGTH,
+                    mask_rate=0.0)
     with pytest.raises(UserError, match=r"\[MASK\]"):
-        nsp_dataset(DOCS, small_tokenizer, length=LENGTH, batch_size=2, seed=0)
+        nsp_dataset(DOCS, small_tokenizer, StreamOptions(batch_size=2, seed=0), length=LENGTH)

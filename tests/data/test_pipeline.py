@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 
+from data.options import StreamOptions
 from data.pipeline import packed_dataset
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 LENGTH, BATCH = 32, 4
@@ -20,9 +21,8 @@ DOCS = [
 
 
 def _dataset(tok: Tokenizer, **overrides):
-    kwargs = {"length": LENGTH, "batch_size": BATCH, "seed": 0}
-    kwargs.update(overrides)
-    return packed_dataset(DOCS, tok, **kwargs)
+    options = StreamOptions(**{"batch_size": BATCH, "seed": 0, **overrides})
+    return packed_dataset(DOCS, tok, options, length=LENGTH)
 
 
 def _take(iterator, n: int) -> list[dict[str, np.ndarray]]:
@@ -144,17 +144,10 @@ def test_eval_stream_is_finite_and_padded(small_tokenizer: Tokenizer):
 
 def test_bad_arguments_raise_user_error(small_tokenizer: Tokenizer):
     with pytest.raises(UserError, match="gets no documents"):
-        packed_dataset(
-            DOCS[:1],
-            small_tokenizer,
-            length=8,
-            batch_size=1,
-            seed=0,
-            shard_index=1,
-            shard_count=2,
-        )
+        packed_dataset(DOCS[:1], small_tokenizer,
+                       StreamOptions(batch_size=1, seed=0, shard_index=1, shard_count=2), length=8)
     with pytest.raises(UserError, match="length"):
-        packed_dataset(DOCS, small_tokenizer, length=1, batch_size=1, seed=0)
+        packed_dataset(DOCS, small_tokenizer, StreamOptions(batch_size=1, seed=0), length=1)
 
 
 def test_chunks_split_at_lines_and_mark_the_document_end():

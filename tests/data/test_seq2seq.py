@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data.options import StreamOptions
+from data.sentencepiece_tokenizer import Tokenizer
 from data.seq2seq import Pair, seq2seq_dataset, seq2seq_task
 from data.stdlib_functions import stdlib_functions
-from data.tokenizer import Tokenizer
 from runtime.errors import UserError
 
 SRC, TGT, BATCH = 48, 16, 4
@@ -50,8 +51,8 @@ def test_stdlib_task_is_deterministic(stdlib_task):
 def test_batches_shift_the_target_right(bert_tokenizer: Tokenizer, stdlib_task):
     tok = bert_tokenizer
     pairs = stdlib_task.eval[:10]
-    batches = list(seq2seq_dataset(pairs, tok, source_length=SRC, target_length=TGT,
-                                   batch_size=BATCH, seed=0, shuffle=False, repeat=False))
+    options = StreamOptions(batch_size=BATCH, seed=0, shuffle=False, repeat=False)
+    batches = list(seq2seq_dataset(pairs, tok, options, source_length=SRC, target_length=TGT))
     assert len(batches) == 3
     rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     for value in rows.values():
@@ -84,8 +85,9 @@ def test_jsonl_pairs_round_trip(tmp_path: Path, bert_tokenizer: Tokenizer):
     assert sorted(task.train + task.eval) == sorted(
         Pair(r["source"], r["target"]) for r in records)
     assert 1 <= len(task.eval) < 15
-    batch = next(iter(seq2seq_dataset(task.eval, bert_tokenizer, source_length=8,
-                                      target_length=24, batch_size=1, seed=0, shuffle=False)))
+    batch = next(iter(seq2seq_dataset(task.eval, bert_tokenizer,
+                                      StreamOptions(batch_size=1, seed=0, shuffle=False),
+                                      source_length=8, target_length=24)))
     weights = batch["decoder_weights"][0] == 1
     decoded = bert_tokenizer.decode(batch["decoder_targets"][0][weights][:-1])
     assert decoded == task.eval[0].target
@@ -111,8 +113,9 @@ def test_bad_jsonl_gives_one_line_user_error(tmp_path: Path, lines: list, messag
 
 def test_bad_lengths_raise_user_error(bert_tokenizer: Tokenizer):
     with pytest.raises(UserError, match="target_length >= 2"):
-        seq2seq_dataset([Pair("a", "b")], bert_tokenizer, source_length=8, target_length=1,
-                        batch_size=1, seed=0)
+        seq2seq_dataset([Pair("a", "b")], bert_tokenizer, StreamOptions(batch_size=1, seed=0),
+                        source_length=8, target_length=1)
     with pytest.raises(UserError, match="gets no seq2seq pairs"):
-        seq2seq_dataset([Pair("a", "b")], bert_tokenizer, source_length=8, target_length=8,
-                        batch_size=1, seed=0, shard_index=1, shard_count=2)
+        seq2seq_dataset([Pair("a", "b")], bert_tokenizer,
+                        StreamOptions(batch_size=1, seed=0, shard_index=1, shard_count=2),
+                        source_length=8, target_length=8)

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from data.corpus import load_corpus, sample
+from data.options import StreamOptions
+from data.sentencepiece_tokenizer import Tokenizer, train_tokenizer
 from data.span import (
     SENTINELS,
     corrupt,
@@ -17,7 +19,6 @@ from data.span import (
     sentinel_ids,
     span_dataset,
 )
-from data.tokenizer import Tokenizer, train_tokenizer
 from runtime.errors import UserError
 
 LENGTH, BATCH = 64, 8
@@ -78,7 +79,7 @@ def test_inputs_and_targets_rebuild_the_tokens():
 
 
 def test_batches(t5_tokenizer: Tokenizer, texts):
-    ds = span_dataset(texts, t5_tokenizer, length=LENGTH, batch_size=BATCH, seed=0)
+    ds = span_dataset(texts, t5_tokenizer, StreamOptions(batch_size=BATCH, seed=0), length=LENGTH)
     raw, target_length = raw_length(LENGTH)
     sentinels = sentinel_ids(t5_tokenizer)
     assert sentinels[0] == t5_tokenizer.piece_id("<extra_id_0>")
@@ -106,7 +107,8 @@ def test_batches(t5_tokenizer: Tokenizer, texts):
 
 def test_deterministic_and_resumable(t5_tokenizer: Tokenizer, texts):
     def make(seed=0, **kw):
-        return span_dataset(texts, t5_tokenizer, length=LENGTH, batch_size=4, seed=seed, **kw)
+        options = StreamOptions(batch_size=4, seed=seed, **kw)
+        return span_dataset(texts, t5_tokenizer, options, length=LENGTH)
 
     def take(it, n):
         return [b["encoder_tokens"].copy() for b in itertools.islice(it, n)]
@@ -127,10 +129,11 @@ def test_deterministic_and_resumable(t5_tokenizer: Tokenizer, texts):
 
 def test_refusals(t5_tokenizer: Tokenizer, small_tokenizer: Tokenizer, texts):
     with pytest.raises(UserError, match="--sentinels"):
-        span_dataset(texts, small_tokenizer, length=LENGTH, batch_size=4, seed=0)
+        span_dataset(texts, small_tokenizer, StreamOptions(batch_size=4, seed=0), length=LENGTH)
     with pytest.raises(UserError, match="needs decoder rows of 14 tokens, got 8"):
-        span_dataset(texts, t5_tokenizer, length=LENGTH, target_length=8, batch_size=4, seed=0)
+        span_dataset(texts, t5_tokenizer, StreamOptions(batch_size=4, seed=0), length=LENGTH,
+                     target_length=8)
     with pytest.raises(UserError, match="sentinels"):
-        span_dataset(texts, t5_tokenizer, length=2000, batch_size=4, seed=0)
+        span_dataset(texts, t5_tokenizer, StreamOptions(batch_size=4, seed=0), length=2000)
     with pytest.raises(UserError, match="noise_density"):
         raw_length(64, noise_density=1.5)

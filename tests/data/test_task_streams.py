@@ -13,8 +13,9 @@ from data.classify import classification_dataset, classification_task
 from data.corpus import load_corpus, sample
 from data.mlm import mlm_dataset
 from data.nsp import nsp_dataset
+from data.options import StreamOptions
+from data.sentencepiece_tokenizer import Tokenizer
 from data.seq2seq import seq2seq_dataset, seq2seq_task
-from data.tokenizer import Tokenizer
 
 BATCH = 4
 TASKS = ("mlm", "nsp", "seq2seq", "classify")
@@ -26,15 +27,15 @@ def _texts() -> list[str]:
 
 
 def _dataset(task: str, tok: Tokenizer, **overrides):
-    kwargs = {"batch_size": BATCH, "seed": 0, "num_threads": 2, **overrides}
+    options = StreamOptions(**{"batch_size": BATCH, "seed": 0, "num_threads": 2, **overrides})
     if task == "mlm":
-        return mlm_dataset(_texts(), tok, length=32, **kwargs)
+        return mlm_dataset(_texts(), tok, options, length=32)
     if task == "nsp":
-        return nsp_dataset(_texts(), tok, length=32, **kwargs)
+        return nsp_dataset(_texts(), tok, options, length=32)
     if task == "seq2seq":  # 40 pairs: 10 batches an epoch
         pairs = seq2seq_task().train[:40]
-        return seq2seq_dataset(pairs, tok, source_length=24, target_length=12, **kwargs)
-    return classification_dataset(classification_task().train[:40], tok, length=24, **kwargs)
+        return seq2seq_dataset(pairs, tok, options, source_length=24, target_length=12)
+    return classification_dataset(classification_task().train[:40], tok, options, length=24)
 
 
 def _take(iterator, n: int) -> list[dict[str, np.ndarray]]:

@@ -1,4 +1,5 @@
-"""Tests for data/tokenizer.py: exact round trip of code, special ids, load errors, and the CLI.
+"""Tests for data/sentencepiece_tokenizer.py and its command `python -m data.tokenizer`: exact
+round trip of code, special ids, load errors, and the CLI.
 
 The CLI runs in a subprocess so its exit code and files written are what a user would see.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from data.sentencepiece_tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from runtime.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

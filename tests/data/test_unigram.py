@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from data.tokenizer import Tokenizer
+from data.sentencepiece_tokenizer import Tokenizer
 from data.unigram import unigram_loss
 
 

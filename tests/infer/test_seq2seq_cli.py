@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data.tokenizer import train_tokenizer
+from data.sentencepiece_tokenizer import train_tokenizer
 from infer.engine import beam, seq2seq
 from infer.engine.load import Loaded, load
 from infer.score import score

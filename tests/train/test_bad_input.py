@@ -63,7 +63,7 @@ def _umount(path) -> None:
 def _write_inputs(files: Path) -> None:
     """Input files of every kind, good and bad, a 400-piece tokenizer, and a pretrained run
     without its checkpoint."""
-    from data.tokenizer import train_tokenizer
+    from data.sentencepiece_tokenizer import train_tokenizer
     from model.config import get_preset
 
     files.mkdir()

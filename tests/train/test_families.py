@@ -12,8 +12,8 @@ from flax import traverse_util
 
 from data.classify import classification_task
 from data.corpus import load_corpus, sample
+from data.sentencepiece_tokenizer import BERT_SYMBOLS, train_tokenizer
 from data.span import SENTINELS
-from data.tokenizer import BERT_SYMBOLS, train_tokenizer
 from model.family import build_model
 from train.checkpoint import Checkpointer, restore_pretrained
 from train.flags import TrainConfig

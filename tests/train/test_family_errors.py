@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from data.corpus import load_corpus, sample
+from data.sentencepiece_tokenizer import BERT_SYMBOLS, train_tokenizer
 from data.span import SENTINELS
-from data.tokenizer import BERT_SYMBOLS, train_tokenizer
 from model.config import get_preset
 from runtime.errors import UserError
 from train.flags import TrainConfig

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from data.corpus import stdlib_sources
-from data.tokenizer import train_tokenizer
+from data.sentencepiece_tokenizer import train_tokenizer
 from runtime.errors import UserError
 from train import __main__ as train_main
 from train.checkpoint import Checkpointer, DamagedCheckpoint

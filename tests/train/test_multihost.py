@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from data.corpus import load_corpus
+from data.options import StreamOptions
 from data.pipeline import packed_dataset
-from data.tokenizer import load_tokenizer, train_tokenizer
+from data.sentencepiece_tokenizer import load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig
 from model.family import build_model
@@ -223,8 +224,9 @@ def test_each_process_reads_only_its_shard(inputs):
     tokenizer = load_tokenizer(inputs["tokenizer"])
 
     def documents(index: int, count: int) -> list[int]:
-        stream = packed_dataset(texts, tokenizer, length=33, batch_size=4 // count, seed=0,
-                                repeat=False, shard_index=index, shard_count=count)
+        options = StreamOptions(batch_size=4 // count, seed=0, repeat=False, shard_index=index,
+                                shard_count=count)
+        stream = packed_dataset(texts, tokenizer, options, length=33)
         text = "".join(tokenizer.decode(row) for batch in stream for row in batch["tokens"])
         return [int(n) for n in re.findall(r"# document (\d+)\n", text)]
 

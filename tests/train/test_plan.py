@@ -119,12 +119,25 @@ def test_activations_over_the_limit_get_the_remat_full_figure(tmp_path):
     (["--num_devices=-2"], "--num_devices must be positive"),
     (["--num_devices=8", "--dcn_mesh=tensor=2"], "puts tensor across hosts"),
     (["--num_devices=8", "--dcn_mesh=data=3"], "cannot share 8 devices"),
+    (["--num_devices=8", "--batch_size=16", "--data_shards=3"],
+     "--batch_size=16 must be divisible by --data_shards=3"),
 ])
 def test_bad_inputs_are_one_line_exit_2(args, message):
     result = _plan("--preset=llama_7b", *args)
     assert result.returncode == 2, result.stderr
     assert message in _error_line(result)
     assert result.stdout == ""
+
+
+def test_data_shards_plan_as_one_stream(tmp_path):
+    # The shard count changes which documents feed each row, never a batch's shape: --data_shards
+    # plans the same step (it used to stop on "batch_size >= 1, got ... and 0").
+    path = tmp_path / "shards.json"
+    result = _plan("--preset=tiny", "--seq_len=64", "--batch_size=8", "--num_devices=2",
+                   "--data_shards=2", f"--json={path}")
+    assert result.returncode == 0, result.stderr
+    numbers = json.loads(path.read_text())
+    assert numbers["devices"] == 2 and numbers["tokens_per_step"] == 8 * 64
 
 
 def test_topology_names():

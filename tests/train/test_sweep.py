@@ -12,7 +12,7 @@ import time
 import pytest
 
 from data.corpus import load_corpus, sample
-from data.tokenizer import train_tokenizer
+from data.sentencepiece_tokenizer import train_tokenizer
 from runtime.errors import UserError
 from train import sweep_spec
 from train.results import collect

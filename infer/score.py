@@ -13,6 +13,7 @@ import numpy as np
 from absl import flags
 
 from model import sharding
+from model.flags import define_model_flags
 from runtime.command import run_command
 from runtime.errors import UserError
 
@@ -20,7 +21,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("checkpoint", None, "Training workdir or converted model directory.")
+    define_model_flags("checkpoint", "mesh", "quant", quant={
+        "help": "int8: int8 weights (a float model is quantized after loading; see "
+                "docs/inference.md). none: as saved."})
     flags.DEFINE_string("tokens", None, "Input .npy of integer token ids, [batch, length] or "
                                         "[length].")
     flags.DEFINE_string("out", None, "Output .npy for float32 logits [batch, length, vocab].")
@@ -28,9 +31,6 @@ def define_flags() -> None:
                                                 "required for encoder-decoder models, whose "
                                                 "--tokens are the source; the logits are then "
                                                 "the decoder's [batch, length, vocab].")
-    flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
-    flags.DEFINE_string("quant", "none", "int8: int8 weights (a float model is quantized after "
-                                         "loading; see docs/inference.md). none: as saved.")
 
 
 def read_tokens(path: str, vocab_size: int, max_len: int, flag: str = "tokens") -> np.ndarray:

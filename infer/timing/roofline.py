@@ -11,7 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from model.config import ModelConfig
+from model.config import GATED, ModelConfig
 from runtime import hardware
 
 
@@ -84,7 +84,7 @@ def component_work(cfg: ModelConfig, batch: int, queries: int, context: int) -> 
     attention = Work(
         2 * projections * tokens + 4 * batch * queries * context * h * hd,
         projections * w + 2 * batch * context * kv * hd * c + 2 * act)
-    mlp_params = d * cfg.mlp_dim * (3 if cfg.gated else 2)
+    mlp_params = d * cfg.mlp_dim * (3 if cfg.activation in GATED else 2)
     mlp = Work(2 * mlp_params * tokens, mlp_params * w + 2 * act + tokens * cfg.mlp_dim * a)
     norm = Work(5 * tokens * d, 2 * act + d * w)
     embed_rows = 2 if cfg.positions == "learned" else 1

@@ -14,12 +14,13 @@ import jax
 import numpy as np
 from absl import flags
 
-from benchmarks.generate_throughput import hf_generate, ours_generate
 from benchmarks.record import results_path, save_run
-from infer.bench import SIZE_FLAGS, random_loaded
+from benchmarks.timed_generate import hf_generate, ours_generate
 from infer.engine.load import quantized, with_quant
+from infer.timing.timed_model import random_loaded
 from model import quant
 from model.config import get_preset
+from model.flags import define_model_flags, size_overrides
 from runtime.command import run_command
 from runtime.errors import UserError
 
@@ -30,14 +31,16 @@ SHORT = {"float32": "fp32", "bfloat16": "bf16"}  # names the unquantized baselin
 
 def define_flags() -> None:
     """Registered by the entry point only, so importing this module (tests) defines nothing."""
-    flags.DEFINE_string("preset", "llama_1b", "Model preset; size flags override it.")
-    defaults = {"num_layers": 4, "d_model": 512, "num_heads": 8, "num_kv_heads": 2,
-                "mlp_dim": 1376, "vocab_size": 32000}
-    for name in SIZE_FLAGS:
-        flags.DEFINE_integer(name, defaults.get(name), f"Override the preset's {name}.")
-    flags.DEFINE_enum("dtype", "float32", list(SHORT), "Dtype of the unquantized baseline's "
-                      "params and matmuls (and of the int8 models' activations). XLA on CPU gains "
-                      "nothing from bfloat16; on a GPU it is the baseline to beat.")
+    # The issue-10 CPU target's shape: llama_1b's with 4 layers of width 512.
+    sizes = {"num_layers": 4, "d_model": 512, "num_heads": 8, "num_kv_heads": 2,
+             "mlp_dim": 1376, "vocab_size": 32000}
+    define_model_flags(
+        "preset", "sizes", "dtype", preset={"default": "llama_1b"},
+        **{name: {"default": value} for name, value in sizes.items()},
+        dtype={"default": "float32", "choices": tuple(SHORT),
+               "help": "Dtype of the unquantized baseline's params and matmuls (and of the int8 "
+                       "models' activations). XLA on CPU gains nothing from bfloat16; on a GPU it "
+                       "is the baseline to beat."})
     flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to measure.")
     flags.DEFINE_integer("prompt_len", 128, "Prompt tokens per row (random ids).")
     flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row (never stopping early).")
@@ -75,13 +78,12 @@ def measure(sides: dict, batch: int, new_tokens: int, repeats: int, base: str = 
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    del argv  # run_command refuses positional arguments
     out = results_path(FLAGS.out)
     if jax.device_count() != 1:
         raise UserError("this benchmark compares one device with one torch process; run it "
                         "without forced host device counts")
-    sizes = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
+    sizes = size_overrides()
     baseline = SHORT[FLAGS.dtype]
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     cfg = get_preset(FLAGS.preset).replace(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, **sizes)
@@ -96,7 +98,7 @@ def main(argv: list[str]) -> None:
         sides = {f"ours {mode}": ours_generate(m, tokens) for mode, m in models.items()}
         if FLAGS.peer:
             for name, int8 in (("hf fp32", False), ("hf int8", True)):
-                generate, peers[name] = hf_generate(cfg, tokens, int8=int8)
+                generate, peers[name] = hf_generate(cfg, tokens, int8=int8, seed=FLAGS.seed)
                 if generate is not None:
                     sides[name] = generate
         results[str(batch)] = measure(sides, batch, FLAGS.new_tokens, FLAGS.repeats, baseline)

@@ -20,6 +20,7 @@ from benchmarks.record import results_path, save_run
 from model import sharding
 from model.config import ModelConfig, get_preset
 from model.family import build_model, family_of
+from model.flags import define_model_flags, size_overrides
 from runtime.command import run_command
 from runtime.errors import UserError
 from runtime.hardware import peak_flops
@@ -29,21 +30,18 @@ from train.optimizer import make_optimizer
 from train.state import abstract_state, create_state
 from train.step import jit_train_step, make_train_step
 
-SIZE_FLAGS = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size")
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Registered by the entry point only, so importing this module (tests) defines nothing."""
-    flags.DEFINE_string("preset", "gpt2_124m", "Model preset; the size flags override it.")
-    for name in SIZE_FLAGS:
-        flags.DEFINE_integer(name, None, f"Override the preset's {name} (default: the preset's).")
+    define_model_flags("preset", "sizes", preset={"default": "gpt2_124m"})
     flags.DEFINE_integer("batch_size", 16, "Global batch size in sequences.")
     flags.DEFINE_integer("seq_len", 1024, "Tokens per sequence.")
-    flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute dtype of our model "
-                      "(params and optimizer state stay float32); the peer uses bf16 autocast "
-                      "only on CUDA, fp32 otherwise.")
-    flags.DEFINE_string("mesh", "", "Device mesh, e.g. data=2,fsdp=-1 (empty: all devices on data).")
+    define_model_flags("dtype", "mesh", dtype={
+        "default": "bfloat16", "help": "Compute dtype of our model (params and optimizer state "
+                                       "stay float32); the peer uses bf16 autocast only on CUDA, "
+                                       "fp32 otherwise."})
     flags.DEFINE_integer("steps", 10, "Timed steps per side; the median step time is reported.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps per side before the timed ones.")
     flags.DEFINE_integer("seed", 0, "Seed of the init and of the synthetic tokens.")
@@ -218,10 +216,9 @@ def table(run: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    del argv  # run_command refuses positional arguments
     out = results_path(FLAGS.out)
-    overrides = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
+    overrides = size_overrides()
     check_numbers(FLAGS.batch_size, FLAGS.seq_len, FLAGS.steps, FLAGS.warmup)
     cfg = model_config(FLAGS.preset, FLAGS.seq_len, FLAGS.dtype, **overrides)
     # AdamW with the default TrainConfig's hyperparameters; warmup is sized so the lr is nonzero.

@@ -12,6 +12,7 @@ import sys
 
 from absl import flags
 
+from model.flags import define_model_flags
 from runtime.command import run_command
 from runtime.errors import UserError
 
@@ -19,7 +20,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("checkpoint", None, "Training workdir or converted model directory.")
+    define_model_flags("checkpoint", "mesh", "quant")
     flags.DEFINE_string("prompt", None, "Text to continue.")
     flags.DEFINE_string("batch_file", None, "File with one prompt per line, generated as one "
                                             "batch (instead of --prompt).")
@@ -29,7 +30,6 @@ def define_flags() -> None:
     flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set with this probability mass.")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_string("json", None, "Also write {prompt_tokens, tokens, text} to this file.")
-    flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
     flags.DEFINE_integer("num_beams", 1, "Beam width (encoder-decoder models); 1 is greedy or "
                                          "sampled decoding, >1 beam search.")
     flags.DEFINE_float("length_penalty", 1.0, "Beam search alpha: hypotheses rank by "
@@ -42,9 +42,6 @@ def define_flags() -> None:
                                        "tokens that the target checks in one forward pass; the "
                                        "output is distributed as without it (greedy: identical). "
                                        "Prompts are then decoded one at a time.")
-    flags.DEFINE_string("quant", "none", "int8 (weights), int8_kv (KV cache), int8+int8_kv, or "
-                                         "none (as saved); a float model is quantized after "
-                                         "loading (docs/inference.md).")
     flags.DEFINE_integer("draft_tokens", 4, "Tokens the --draft model proposes per target "
                                             "forward pass (k, >= 1).")
 
@@ -161,7 +158,7 @@ def _seq2seq(loaded, tok, prompts: list[str], sampling, stream):
 
 def main(argv: list[str]) -> None:
     del argv
-    from infer.engine.engine import generate
+    from infer.engine.engine import check_lengths, generate
     from infer.engine.load import load, read_config
     from infer.engine.sampling import Sampling
     from model.family import family_of
@@ -190,6 +187,10 @@ def main(argv: list[str]) -> None:
         prompt_ids, out = _seq2seq(loaded, tok, prompts, sampling, stream)
     else:
         prompt_ids = [tok.encode(p).tolist() for p in prompts]
+        # Refused before the prompt is echoed, so a refusal is all the output there is.
+        for model, role in ((loaded, "model's"), (draft, "draft's")):
+            if model is not None:
+                check_lengths(model.config, max(map(len, prompt_ids)), FLAGS.max_new_tokens, role)
         if stream:
             sys.stdout.write(prompts[0])
         if draft:

@@ -14,6 +14,7 @@ from flax import traverse_util
 
 from model import quant
 from model.convert import check_out, copy_tokenizer, move_into_place, staging_dir, write_model_dir
+from model.flags import define_model_flags
 from runtime.command import run_command
 from runtime.errors import UserError
 
@@ -21,9 +22,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("checkpoint", None, "Training workdir or model directory to quantize.")
+    define_model_flags("checkpoint", "quant", checkpoint={
+        "help": "Training workdir or model directory to quantize."}, quant={
+        "default": "int8", "choices": ("int8",),
+        "help": "What to quantize: int8 weights (per-channel)."})
     flags.DEFINE_string("out", None, "Directory to create for the quantized model.")
-    flags.DEFINE_enum("quant", "int8", ["int8"], "What to quantize: int8 weights (per-channel).")
     flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
 
 

@@ -9,7 +9,6 @@ shown next to the measured one.
 """
 
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -19,16 +18,19 @@ import jax
 from absl import flags
 from tqdm import tqdm
 
-from infer.bench import SIZE_FLAGS, parse_batch_sizes, resolve
 from infer.engine.load import quantized, with_quant
 from infer.engine.sampling import Sampling
 from infer.timing.components import COMPONENTS, Shape, measure
+from infer.timing.latency import parse_batch_sizes
 from infer.timing.report_text import markdown
 from infer.timing.roofline import Peaks, Work, component_work, device_peaks
+from infer.timing.timed_model import RANDOM_PRESET, resolve
 from model import sharding
 from model.config import get_preset
+from model.flags import define_model_flags, size_overrides
 from runtime.command import run_command
 from runtime.errors import UserError
+from runtime.files import atomic_write, write_json
 from runtime.provenance import device_info, versions
 
 FLAGS = flags.FLAGS
@@ -36,11 +38,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Registered by the entry point only, so importing this module (tests) defines nothing."""
-    flags.DEFINE_string("checkpoint", None, "Training workdir or converted model directory.")
-    flags.DEFINE_string("preset", None, "Model preset with random (seeded) weights instead of a "
-                                        "checkpoint; the size flags override it.")
-    for name in SIZE_FLAGS:
-        flags.DEFINE_integer(name, None, f"Override the preset's {name} (--preset only).")
+    define_model_flags("checkpoint", "preset", "sizes", "dtype", "quant", "mesh",
+                       preset=RANDOM_PRESET)
     flags.DEFINE_string("out", None, "Directory for report.json, report.md and the plots.")
     flags.DEFINE_string("contexts", "128,256,512,1024,2048,4096",
                         "Context lengths (KV-cache slots; prompt length in prefill) of the "
@@ -50,14 +49,9 @@ def define_flags() -> None:
     flags.DEFINE_list("phases", ["decode", "prefill"], "Phases to measure: decode, prefill.")
     flags.DEFINE_integer("batch", 1, "Batch size of the context sweep.")
     flags.DEFINE_integer("context", 512, "Context length of the batch sweep.")
-    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the "
-                      "model's own).")
     flags.DEFINE_float("temperature", 0.0, "Sampling measured: temperature (0 is greedy).")
     flags.DEFINE_integer("top_k", 0, "Sampling measured: top-k cut (0 disables).")
     flags.DEFINE_float("top_p", 1.0, "Sampling measured: nucleus mass (1 disables).")
-    flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
-    flags.DEFINE_string("quant", "none", "int8 (weights), int8_kv (KV cache), int8+int8_kv, or "
-                                         "none (as saved); see docs/inference.md.")
     flags.DEFINE_integer("repeats", 5, "Timed runs per sub-program (the minimum is kept).")
     flags.DEFINE_float("target_ms", 30.0, "Wall time each timed loop aims for; longer is "
                                           "steadier on noisy machines.")
@@ -118,8 +112,7 @@ def _check(contexts: list[int], max_len: int | None) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+    del argv  # run_command refuses positional arguments
     if not FLAGS.out:
         raise UserError("--out=DIR is required (report.json, report.md and plots go there)")
     if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
@@ -138,7 +131,7 @@ def main(argv: list[str]) -> None:
 
         max_len = read_config(FLAGS.checkpoint).max_len
     _check(contexts, max_len)
-    sizes = {n: FLAGS[n].value for n in SIZE_FLAGS if FLAGS[n].value is not None}
+    sizes = size_overrides()
     longest = max(contexts + [FLAGS.context])
     # resolve() checks the checkpoint's context itself; presets grow their position table.
     with_quant(get_preset("tiny"), FLAGS.quant)  # a bad --quant is refused before any work
@@ -181,19 +174,13 @@ def main(argv: list[str]) -> None:
         "points": points,
     }
     os.makedirs(FLAGS.out, exist_ok=True)
-    _write(os.path.join(FLAGS.out, "report.json"), json.dumps(report, indent=2) + "\n")
+    write_json(os.path.join(FLAGS.out, "report.json"), report)
     from infer.timing.report_plots import plot_all
 
     plots = plot_all(report, FLAGS.out)
-    _write(os.path.join(FLAGS.out, "report.md"), markdown(report, plots))
+    with atomic_write(os.path.join(FLAGS.out, "report.md")) as f:
+        f.write(markdown(report, plots))
     print(f"wrote {FLAGS.out}/report.json, report.md, {', '.join(plots)}")
-
-
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

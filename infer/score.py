@@ -14,6 +14,7 @@ from absl import flags
 
 from model import sharding
 from model.family import family_of
+from model.flags import define_model_flags
 from runtime.command import run_command
 from runtime.errors import UserError
 
@@ -21,7 +22,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("checkpoint", None, "Training workdir or converted model directory.")
+    define_model_flags("checkpoint", "mesh", "quant", quant={
+        "help": "int8: int8 weights (a float model is quantized after loading; see "
+                "docs/inference.md). none: as saved."})
     flags.DEFINE_string("tokens", None, "Input .npy of integer token ids, [batch, length] or "
                                         "[length].")
     flags.DEFINE_string("out", None, "Output .npy for float32 logits [batch, length, vocab].")
@@ -29,9 +32,6 @@ def define_flags() -> None:
                                                 "required for encoder-decoder models, whose "
                                                 "--tokens are the source; the logits are then "
                                                 "the decoder's [batch, length, vocab].")
-    flags.DEFINE_string("mesh", "", "Device mesh, e.g. tensor=2 (default: all devices on data).")
-    flags.DEFINE_string("quant", "none", "int8: int8 weights (a float model is quantized after "
-                                         "loading; see docs/inference.md). none: as saved.")
 
 
 def read_tokens(path: str, vocab_size: int, max_len: int, flag: str = "tokens") -> np.ndarray:

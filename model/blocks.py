@@ -75,9 +75,6 @@ class Block(nn.Module):
         return x, ({"self": self_cache, "cross": cross_kv} if self.cross else self_cache)
 
 
-DecoderBlock = Block  # the decoder-only layer (causal, no cross-attention) under its old name
-
-
 class CarriedCacheBlock(Block):
     """A decoder-only layer for decoding under `nn.scan`, the KV cache of *all* layers carried
     through the scan: (x, cache, layer) -> ((x, cache, layer + 1), None).

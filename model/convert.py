@@ -25,6 +25,7 @@ from flax import traverse_util
 from model import sharding
 from model.config import ModelConfig, read_recorded
 from model.family import build_model, init_inputs
+from model.flags import define_model_flags
 from model.hf import architectures, files
 from model.hf.fields import token_ids
 from model.hf.rules import export_tensors, import_params
@@ -200,7 +201,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Directory to create for the imported model.")
     flags.DEFINE_string("to_hf", None, "Hugging Face model directory to create; needs "
                                        "--checkpoint.")
-    flags.DEFINE_string("checkpoint", None, "Training workdir or converted model to export.")
+    define_model_flags("checkpoint", checkpoint={
+        "help": "Training workdir or converted model to export."})
     flags.DEFINE_string("architecture", "", f"HF class to export as, one of "
                         f"{', '.join(architectures.SUPPORTED)} (default: the one the model was "
                         f"imported from, else implied by its family and objective).")

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from model.blocks import DecoderBlock, stack_layers
+from model.blocks import Block, stack_layers
 from model.config import ModelConfig
 from model.layers import Embed, Norm, embed_inputs, lm_head, to_logits
 
@@ -45,7 +45,7 @@ class Decoder(nn.Module):
         embed = Embed(cfg, name="embed")
         x = embed_inputs(cfg, embed, tokens, positions)
         decode_args = () if cache is None else (cache, cache_index, kv_segments)
-        x, cache = stack_layers(DecoderBlock, cfg, decode=bool(decode_args))(
+        x, cache = stack_layers(Block, cfg, decode=bool(decode_args))(
             x, positions, segment_ids, *decode_args)
         if last_only:
             x = x[:, -1:]

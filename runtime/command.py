@@ -10,21 +10,24 @@ from absl import app, flags, logging
 from runtime.errors import UserError, exit_with
 
 
-def parse_flags(argv: list[str], command: str, help_flag: str = "--help") -> list[str]:
-    """absl parsing with a bad flag or a positional argument reported as one line, exit 2."""
+def parse_flags(argv: list[str], command: str, help_flag: str = "--help",
+                positional: int = 0) -> list[str]:
+    """absl parsing with a bad flag, or more than `positional` positional arguments, reported as
+    one line, exit 2."""
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
         exit_with(UserError(f"{e}; see python -m {command} {help_flag}"))
-    if len(rest) > 1:
+    if len(rest) > 1 + positional:
         exit_with(UserError(f"unexpected arguments {rest[1:]}; flags are written --name=value "
                             f"(see python -m {command} {help_flag})"))
     return rest
 
 
 def run_command(main: Callable[[list[str]], None], define_flags: Callable[[], None],
-                command: str, help_flag: str = "--help") -> None:
-    """Runs `main` as the absl command `python -m {command}` after `define_flags()`."""
+                command: str, help_flag: str = "--help", positional: int = 0) -> None:
+    """Runs `main` as the absl command `python -m {command}` after `define_flags()`; `positional`:
+    how many positional arguments it takes at most (train.results: its directory)."""
 
     def guarded(argv: list[str]) -> None:
         if not flags.FLAGS["verbosity"].present:
@@ -35,4 +38,5 @@ def run_command(main: Callable[[list[str]], None], define_flags: Callable[[], No
             exit_with(e)
 
     define_flags()
-    app.run(guarded, argv=sys.argv, flags_parser=lambda argv: parse_flags(argv, command, help_flag))
+    app.run(guarded, argv=sys.argv, flags_parser=lambda argv: parse_flags(argv, command, help_flag,
+                                                                   positional))

@@ -1,8 +1,12 @@
 """Every flag file under experiments/ names only flags of `python -m train` with values of the
-right type, and every paper flag file says which paper, table, data and number it reproduces."""
+right type, and every paper flag file says which paper, table, data and number it reproduces; the
+scaling study refuses bad input with one error line before running anything."""
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +55,17 @@ def test_paper_flag_files_say_what_they_reproduce(path):
         assert len(sweep_spec.trials(sweep_spec.parse(sweep.group(1)))) > 1
     else:
         assert (path.parent / f"{path.stem}_tiny.flags").exists(), "no CPU variant"
+
+
+@pytest.mark.parametrize("args", [["--out={file}"], ["--runs={file}"], ["stray"], ["--steps=3"]])
+def test_scaling_study_refuses_bad_input_with_one_line(tmp_path, args):
+    file = tmp_path / "a_file"
+    file.write_text("")
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
+    result = subprocess.run([sys.executable, str(ROOT / "scaling" / "run.py"),
+                             *(a.format(file=file) for a in args)], capture_output=True,
+                            text=True, timeout=120, check=False, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not result.stdout and os.listdir(tmp_path) == ["a_file"]

@@ -1,13 +1,16 @@
 """Every flag of `python -m train`, in one place: `TrainConfig` holds name, default and help.
 
 `define_flags()` registers them with absl (only the command-line entry point calls it, so tests
-build a `TrainConfig` directly). Size flags default to None, meaning "take the preset's value".
+build a `TrainConfig` directly); the model-choosing ones (--preset, sizes, --mesh, --dtype) through
+model/flags.py, which every command shares. Size flags default to None: "take the preset's value".
 """
 
 import dataclasses
 from typing import Any
 
 from absl import flags
+
+from model.flags import SHARED, SIZE_FLAGS, define_model_flags
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -162,8 +165,7 @@ class TrainConfig:
 # flags.txt, since a rerun is launched afresh (a recorded --process_id would give every host the
 # id of the host that wrote the file).
 LAUNCH_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("launch"))
-MODEL_OVERRIDES = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size",
-                   "dtype", "remat", "attention", "scan_layers")
+MODEL_OVERRIDES = (*SIZE_FLAGS, "dtype", "remat", "attention", "scan_layers")
 
 
 def define_flags() -> None:
@@ -175,7 +177,10 @@ def define_flags() -> None:
         if field.default is not None:
             help_text += f" Default: {field.default}."
         kind = str(field.type)
-        if "bool" in kind:
+        if field.name in SHARED:  # train's own default and help; --dtype stays a free string
+            define_model_flags(field.name, **{field.name: {
+                "default": field.default, "help": help_text, "choices": None}})
+        elif "bool" in kind:
             flags.DEFINE_boolean(field.name, field.default, help_text)
         elif "int" in kind:
             flags.DEFINE_integer(field.name, field.default, help_text)

@@ -44,7 +44,3 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         state = jax.jit(lambda: sharding.unbox(init()), out_shardings=shardings)()
     return state, shardings
-
-
-def count_params(state: State) -> int:
-    return sum(x.size for x in jax.tree.leaves(state["params"]))

@@ -4,27 +4,32 @@ Chinchilla fit L(N, D) = E + A / N^alpha + B / D^beta (fit.py) beside the publis
 
     python experiments/scaling/run.py [--runs=runs/scaling] [--out=experiments/scaling]
 
-Each size is one `python -m train.sweep` over --steps (so a rerun skips finished runs and resumes
-a killed one); `python -m train.results` tables land in each sweep directory. Writes
-OUT/results.json, OUT/results.md and OUT/scaling.png.
+(or `python -m experiments.scaling.run` from the repository root). Each size is one
+`python -m train.sweep` over --steps (so a rerun skips finished runs and resumes a killed one);
+`python -m train.results` tables land in each sweep directory. Writes OUT/results.json,
+OUT/results.md and OUT/scaling.png.
 """
 
-import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 
 import numpy as np
+from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Run as a script, Python puts only this directory on the path: fit.py sits here, meshlm two up.
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
 from fit import HOFFMANN, KAPLAN, fit, plot, predict
 
 from model.config import get_preset
-from train.results import collect
+from runtime.command import run_command
+from runtime.errors import UserError
+from runtime.files import atomic_write, write_json
+from train.run_summary import collect
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+FLAGS = flags.FLAGS
 # (d_model, layers, heads, mlp_dim): 3K to 440K non-embedding params, ~130x. Small enough that
 # the largest token budget is within ~5x of Chinchilla's 20 tokens per param for most sizes: a
 # first try with 27K-1.6M params and at most 1M tokens left the larger models under-trained
@@ -57,25 +62,40 @@ def _law_row(name: str, law: dict) -> str:
             f"{law['B']:.4g} | {law['beta']:.3f} |")
 
 
+def define_flags() -> None:
+    flags.DEFINE_string("runs", "runs/scaling", "Directory for the shared tokenizer and one "
+                                                "sweep directory of workdirs per model size.")
+    flags.DEFINE_string("out", HERE, "Directory for results.json, results.md and scaling.png "
+                                     "(default: this study's own directory).")
+
+
 def _run(args: list[str]) -> None:
+    """Runs one step of the study; a failed one has said why (its own `error:` line), so this
+    exits with its code and adds nothing."""
     print("$ " + " ".join(args), flush=True)
-    subprocess.run(args, check=True)
+    code = subprocess.run(args, check=False).returncode
+    if code:
+        sys.exit(code)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs/scaling", help="Where the runs' workdirs go.")
-    parser.add_argument("--out", default=HERE, help="Where results.json/md and scaling.png go.")
-    args = parser.parse_args()
-    tokenizer = os.path.join(args.runs, "tokenizer.model")
+def main(argv: list[str]) -> None:
+    del argv  # run_command refuses positional arguments
+    for name in ("runs", "out"):
+        path = FLAGS[name].value
+        if not path:
+            raise UserError(f"--{name} must name a directory")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"--{name}={path} is a file; name a directory")
+    runs, out = FLAGS.runs, FLAGS.out
+    tokenizer = os.path.join(runs, "tokenizer.model")
     if not os.path.exists(tokenizer):  # one tokenizer for every run: losses stay comparable
-        os.makedirs(args.runs, exist_ok=True)
+        os.makedirs(runs, exist_ok=True)
         _run([sys.executable, "-m", "data.tokenizer", "--data=stdlib", f"--vocab_size={VOCAB}",
               f"--out={tokenizer}"])
     points = []
     for d_model, layers, heads, mlp_dim in SIZES:
         name = f"d{d_model}_l{layers}"
-        sweep_dir = os.path.join(args.runs, name)
+        sweep_dir = os.path.join(runs, name)
         start = time.time()
         _run([sys.executable, "-m", "train.sweep", f"--flagfile={HERE}/base.flags",
               f"--d_model={d_model}", f"--num_layers={layers}", f"--num_heads={heads}",
@@ -97,19 +117,18 @@ def main() -> None:
               "setup": {"sizes": SIZES, "steps": STEPS, "tokens_per_step": TOKENS_PER_STEP,
                         "vocab_size": VOCAB,
                         "learning_rates": {d: learning_rate(d) for d, *_ in SIZES}, "base_flags": _read(f"{HERE}/base.flags")}}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    plot(os.path.join(args.out, "scaling.png"), n, d, loss, law)
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "results.json"), report)
+    plot(os.path.join(out, "scaling.png"), n, d, loss, law)
     lines = ["| run | N (non-embedding) | D (tokens) | held-out loss | fit |", "|---|---|---|---|---|"]
     lines += [f"| {p['size']} | {p['N']:,} | {p['D']:,} | {p['eval_loss']:.4f} | "
               f"{predict(law, p['N'], p['D']):.4f} |" for p in points]
     lines += ["", "| | E | A | alpha | B | beta |", "|---|---|---|---|---|---|",
               _law_row("this study", law), _law_row("Hoffmann et al. 2022", HOFFMANN)]
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    with atomic_write(os.path.join(out, "results.md")) as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, define_flags, "experiments.scaling.run")

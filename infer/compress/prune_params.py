@@ -1,6 +1,6 @@
 """Structured pruning of a flat params tree: score every attention head and MLP channel, keep the
 highest-scoring ones in each layer, and slice the arrays into a smaller dense model of the same
-family. `infer/prune.py` is the command around it (checkpoints, evaluation, fine-tuning).
+family. `prune_checkpoint.py` does it to a model directory (evaluation, fine-tuning).
 
 Params are flat {"layers/mlp/wi/kernel": array}; a scanned stack has a leading `layers` axis, an
 unrolled one a module per layer (`layers/layer_0/...`). Both are handled as [layers, ...] below.

@@ -86,6 +86,16 @@ def _generate(model, params, tokens, segments, rng, *, max_new_tokens: int, samp
     return out, i
 
 
+def check_lengths(cfg, prompt_len: int, max_new_tokens: int, role: str = "model's") -> None:
+    """Refuses a generation that does not fit the context; commands call it before printing
+    anything, so the refusal is the only output."""
+    if max_new_tokens <= 0:
+        raise UserError(f"--max_new_tokens must be positive, got {max_new_tokens}")
+    if prompt_len + max_new_tokens > cfg.max_len:
+        raise UserError(f"prompt ({prompt_len} tokens) + --max_new_tokens={max_new_tokens} "
+                        f"exceeds the {role} context of {cfg.max_len}; shorten one of them")
+
+
 def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
              sampling: Sampling | None = None, seed: int = 0, eos_id: int = -1,
              on_token=None) -> list[list[int]]:
@@ -94,11 +104,7 @@ def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
     cfg = loaded.config
     sampling = sampling or Sampling()
     tokens, segments = left_pad(prompts)
-    if tokens.shape[1] + max_new_tokens > cfg.max_len:
-        raise UserError(f"prompt ({tokens.shape[1]} tokens) + --max_new_tokens={max_new_tokens} "
-                        f"exceeds the model's context of {cfg.max_len}; shorten one of them")
-    if max_new_tokens <= 0:
-        raise UserError(f"--max_new_tokens must be positive, got {max_new_tokens}")
+    check_lengths(cfg, tokens.shape[1], max_new_tokens)
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
         out, _ = _generate(loaded.model, loaded.params, tokens, segments, jax.random.PRNGKey(seed),
                            max_new_tokens=max_new_tokens, sampling=sampling.validated(),

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.engine.engine import init_cache
+from infer.engine.engine import check_lengths, init_cache
 from infer.engine.sampling import Sampling, filtered
 from model import sharding
 from model.family import family_of
@@ -201,14 +201,10 @@ def speculative_generate(target, draft, prompt: list[int], max_new_tokens: int,
     sampling = (sampling or Sampling()).validated()
     if draft_tokens < 1:
         raise UserError(f"--draft_tokens must be >= 1, got {draft_tokens}")
-    if max_new_tokens <= 0:
-        raise UserError(f"--max_new_tokens must be positive, got {max_new_tokens}")
     if not prompt:
         raise UserError("every prompt needs at least one token")
     for role, cfg in (("model's", target.config), ("draft's", draft.config)):
-        if len(prompt) + max_new_tokens > cfg.max_len:
-            raise UserError(f"prompt ({len(prompt)} tokens) + --max_new_tokens={max_new_tokens} "
-                            f"exceeds the {role} context of {cfg.max_len}; shorten one of them")
+        check_lengths(cfg, len(prompt), max_new_tokens, role)
     ids = np.asarray([prompt], np.int32)
     with jax.set_mesh(target.mesh), nn.logical_axis_rules(sharding.RULES):
         logits, target_cache = _prefill(target.model, target.params, ids)

@@ -93,10 +93,7 @@ def _loop_time(body: Callable, args: tuple, carry, target_s: float, repeats: int
 
 def _cost(fn: Callable, *args) -> dict[str, float]:
     """XLA's own FLOP and byte count of one call of `fn` (compiled, not estimated by us)."""
-    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
-    if isinstance(analysis, list):  # older jax returned one dict per program
-        analysis = analysis[0] if analysis else {}
-    analysis = analysis or {}
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis() or {}
     return {"flops": float(analysis.get("flops", float("nan"))),
             "bytes": float(analysis.get("bytes accessed", float("nan")))}
 

@@ -101,7 +101,7 @@ def test_given_models_are_reused(compared, workdir, tmp_path, cache):
 def test_eval_through_a_float_cache_equals_the_plain_eval(workdir, tmp_path):
     """The int8+KV row is scored by a prefill through the KV cache; with a float cache that
     path must reproduce the training loop's own eval exactly, so any change is the int8's."""
-    from infer.compare import Request, eval_run, quality
+    from infer.compress.comparison import Request, eval_run, quality
     from infer.engine.load import load
     from model.config import read_recorded
 
@@ -148,7 +148,7 @@ def test_bad_input_is_one_line_and_writes_nothing(workdir, tmp_path, args, messa
     ({"out": "EARLIER"}, "pass --student="),
 ])
 def test_refused_before_any_work(workdir, tmp_path, changes, message):
-    from infer.compare import Request, check
+    from infer.compress.comparison import Request, check
     from runtime.errors import UserError
 
     paths = {"BERT": _model_dir(tmp_path, "bert", "tiny_bert", flags=True),

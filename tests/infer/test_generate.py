@@ -58,6 +58,21 @@ def test_bad_input_exit_2(workdir, tmp_path, args, message):
     assert not (tmp_path / "o.json").exists()
 
 
+PROMPT = "def refused_prompt(x):\n"
+
+
+@pytest.mark.parametrize("prompt,args", [
+    (PROMPT * 400, []),  # thousands of tokens, past any context of the tiny model
+    (PROMPT, ["--max_new_tokens=100000"]),
+    (PROMPT, ["--max_new_tokens=0"]),
+], ids=["long_prompt", "long_generation", "no_generation"])
+def test_refusal_is_printed_before_the_prompt_is_echoed(workdir, prompt, args):
+    result = _cli(f"--checkpoint={workdir}", f"--prompt={prompt}", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert PROMPT.strip() not in result.stdout
+
+
 def test_model_without_tokenizer_says_so(workdir, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(workdir, bare)

@@ -11,11 +11,11 @@ import flax.linen as nn
 import jax
 import pytest
 
-from infer.bench import random_loaded
 from infer.engine.sampling import Sampling
 from infer.timing.components import COMPONENTS, Shape, component_programs, per_step_count
 from infer.timing.components import _cost as xla_cost
 from infer.timing.roofline import component_work
+from infer.timing.timed_model import random_loaded
 from model import sharding
 from model.config import get_preset
 
@@ -50,8 +50,9 @@ def test_every_point_is_measured(report_dir):
         assert sum(times) > 0
         assert math.isclose(sum(times) + p["unattributed_s"], p["step_device_s"], rel_tol=1e-9)
         assert p["tokens_per_step"] == p["batch"] * (p["context"] if p["phase"] == "prefill" else 1)
-    for key in ("peak_flops", "bandwidth"):
-        assert report["device"][key] > 0 and "measured" in report["device"][f"{key}_source"]
+    # A CPU's FLOP/s peak is a nominal figure, its bandwidth measured (runtime/hardware.py).
+    assert report["device"]["peak_flops"] > 0 and report["device"]["peak_flops_source"]
+    assert report["device"]["bandwidth"] > 0 and "measured" in report["device"]["bandwidth_source"]
 
 
 def test_prefill_processes_tokens_faster_than_decode(report_dir):

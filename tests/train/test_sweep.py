@@ -15,7 +15,7 @@ from data.corpus import load_corpus, sample
 from data.sentencepiece_tokenizer import train_tokenizer
 from runtime.errors import UserError
 from train import sweep_spec
-from train.results import collect
+from train.run_summary import collect
 
 GRID = "learning_rate=1e-3,1e-2;seed=0,1"
 

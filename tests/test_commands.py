@@ -26,8 +26,9 @@ def _run(command: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", _commands())
 def test_stray_argument_and_unknown_flag_are_refused(command, tmp_path):
     before = set(os.listdir(ROOT))
-    # A command with a required flag names that one first (absl checks it while parsing).
-    for args, words in ((["stray"], ("unexpected arguments ['stray']", "other than None")),
+    # A command with a required flag names that one first (absl checks it while parsing);
+    # train.results takes one positional argument (its directory), none takes two.
+    for args, words in ((["stray", "stray"], ("unexpected arguments", "other than None")),
                         (["--no_such_flag=1"], ("no_such_flag",))):
         result = _run(command, *args)
         lines = result.stderr.strip().splitlines()

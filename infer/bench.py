@@ -1,7 +1,6 @@
 """`python -m infer.bench --checkpoint=PATH | --preset=NAME`: serving speed of the KV-cache engine
 per batch size: TTFT, TPOT and inter-token p50/p99, tokens/s, MBU, prefill MFU and peak memory."""
 
-import json
 import os
 import shlex
 import statistics
@@ -20,10 +19,12 @@ from infer.engine.load import Loaded
 from infer.engine.sampling import Sampling, sample
 from infer.timing.roofline import component_work, device_peaks
 from model import sharding
+from model.abstract import abstract_params, shardings_of
 from model.config import ModelConfig, get_preset
 from model.transformer import build_model, init_inputs
 from runtime.command import run_command
 from runtime.errors import UserError
+from runtime.files import write_json
 from runtime.provenance import device_info, versions
 
 SIZE_FLAGS = ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size")
@@ -66,9 +67,8 @@ def random_loaded(cfg: ModelConfig, mesh_spec: str, seed: int, devices=None) -> 
     model = build_model(cfg)
     mesh = sharding.make_mesh(mesh_spec, devices)
     dummy = init_inputs(cfg)
+    shardings = {"params": shardings_of(abstract_params(cfg, mesh))}
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        boxed = jax.eval_shape(model.init, jax.random.key(seed), *dummy)
-        shardings = sharding.state_shardings(boxed, mesh)
         params = jax.jit(model.init, out_shardings=shardings)(jax.random.key(seed), *dummy)
     return Loaded(cfg, model, sharding.unbox(params), mesh, None)
 
@@ -256,11 +256,7 @@ def main(argv: list[str]) -> None:
                              "quant": FLAGS.quant, "mesh": dict(loaded.mesh.shape),
                              "model": cfg.to_dict()},
                   "results": results}
-        tmp = f"{FLAGS.json}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, FLAGS.json)
+        write_json(FLAGS.json, record)
         print(f"wrote {FLAGS.json}")
 
 

@@ -25,8 +25,8 @@ from infer.engine.sampling import Sampling
 from infer.engine.speculative import check_pair, speculative_generate
 from infer.prune import Request as PruneRequest
 from infer.prune import prune_checkpoint, source_flags
-from model import sharding
-from model.config import ModelConfig, read_recorded
+from model import sharding, store
+from model.config import ModelConfig
 from model.quant import param_bytes
 from runtime.command import run_command
 from runtime.errors import UserError
@@ -136,7 +136,7 @@ def check(request: Request) -> tuple[ModelConfig, dict]:
         raise UserError(f"--out={request.out} is a file; name a directory")
     context = request.prompt_len + request.new_tokens
     cfg = _decoder(request.checkpoint, "--checkpoint", context)
-    _, recorded = read_recorded(request.checkpoint, "checkpoint")
+    _, recorded = store.read_recorded(request.checkpoint, "checkpoint")
     if not isinstance(recorded.get("flags"), dict):
         raise UserError(f"--checkpoint={request.checkpoint} records no training flags (a "
                         f"converted model?); compare needs a training workdir, whose held-out "

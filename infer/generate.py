@@ -14,6 +14,7 @@ from absl import flags
 
 from runtime.command import run_command
 from runtime.errors import UserError
+from runtime.files import atomic_write
 
 FLAGS = flags.FLAGS
 
@@ -209,10 +210,8 @@ def main(argv: list[str]) -> None:
         record = {"prompt_tokens": prompt_ids, "tokens": out, "text": texts}
         if draft:
             record["speculative"] = speculative
-        tmp = FLAGS.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(FLAGS.json) as f:
             json.dump(record, f)
-        os.replace(tmp, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from model import sharding
 from model.config import get_preset
 from runtime.command import run_command
 from runtime.errors import UserError
+from runtime.files import atomic_write
 from runtime.provenance import device_info, versions
 
 FLAGS = flags.FLAGS
@@ -190,10 +191,8 @@ def main(argv: list[str]) -> None:
 
 
 def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import pytest
 
-from model.config import PRESETS, ModelConfig, get_preset, read_recorded
+from model.config import PRESETS, ModelConfig, get_preset
+from model.store import read_recorded
 from model.transformer import build_model, init_inputs
 from runtime.errors import UserError
 

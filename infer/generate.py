@@ -15,6 +15,7 @@ from absl import flags
 from model.flags import define_model_flags
 from runtime.command import run_command
 from runtime.errors import UserError
+from runtime.files import atomic_write
 
 FLAGS = flags.FLAGS
 
@@ -211,10 +212,8 @@ def main(argv: list[str]) -> None:
         record = {"prompt_tokens": prompt_ids, "tokens": out, "text": texts}
         if draft:
             record["speculative"] = speculative
-        tmp = FLAGS.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(FLAGS.json) as f:
             json.dump(record, f)
-        os.replace(tmp, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ No calibration data: each output channel's scale is its largest absolute weight 
 """
 
 import os
-import shutil
 
 from absl import flags
 from flax import traverse_util
 
-from model import quant
-from model.convert import check_out, copy_tokenizer, move_into_place, staging_dir, write_model_dir
+from model import quant, store
 from model.flags import define_model_flags
 from runtime.command import run_command
 from runtime.errors import UserError
@@ -36,22 +34,17 @@ def quantize_dir(checkpoint: str, out: str, mode: str = "int8", overwrite: bool 
     # jax and the model load only for a valid request
     from infer.engine.load import load, quantized, read_config, with_quant
 
-    check_out(out, overwrite)
+    store.check_out(out, overwrite)
     if read_config(checkpoint).int8_weights:
         raise UserError(f"--checkpoint={checkpoint} holds int8 weights already")
     loaded = load(checkpoint)
     before = quant.param_bytes(loaded.params)
     loaded = quantized(loaded, with_quant(loaded.config, mode, checkpoint))
     flat = traverse_util.flatten_dict(loaded.params["params"], sep="/")
-    tmp = staging_dir(out)
-    try:
-        write_model_dir(tmp, loaded.config, flat, {**loaded.token_ids, "quantized_from":
-                                                   os.path.abspath(checkpoint)})
-        copy_tokenizer(checkpoint, tmp)
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with store.staged(out) as tmp:
+        store.write_model_dir(tmp, loaded.config, flat, {**loaded.token_ids, "quantized_from":
+                                                         os.path.abspath(checkpoint)})
+        store.copy_tokenizer(checkpoint, tmp)
     return {"params_bytes_before": before, "params_bytes_after": quant.param_bytes(loaded.params)}
 
 

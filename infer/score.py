@@ -17,6 +17,7 @@ from model.family import family_of
 from model.flags import define_model_flags
 from runtime.command import run_command
 from runtime.errors import UserError
+from runtime.files import atomic_write
 
 FLAGS = flags.FLAGS
 
@@ -94,9 +95,8 @@ def main(argv: list[str]) -> None:
     if not os.path.isdir(out_dir):
         raise UserError(f"--out={FLAGS.out}: directory {out_dir} does not exist")
     logits = score(load(FLAGS.checkpoint, FLAGS.mesh, FLAGS.quant), tokens, decoder_tokens)
-    tmp = FLAGS.out + ".tmp.npy"
-    np.save(tmp, logits)
-    os.replace(tmp, FLAGS.out)
+    with atomic_write(FLAGS.out, "wb") as f:
+        np.save(f, logits)
     print(f"wrote logits {list(logits.shape)} to {FLAGS.out}")
 
 

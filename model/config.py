@@ -1,12 +1,10 @@
 """`ModelConfig`, the one description of a model's shape and numerics, and its named presets.
 
 Presets give published shapes; explicit size flags override them through `ModelConfig.replace`.
-A model directory (a training workdir or a converted model) records its config in config.json.
+A model directory records its config in config.json (read and written by model/store.py).
 """
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 from runtime.errors import UserError
@@ -247,27 +245,3 @@ def get_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def read_recorded(path: str, flag: str) -> tuple[ModelConfig, dict]:
-    """The model a training workdir or converted model directory records in its config.json, and
-    the whole record (flags, HF token ids). Every command that reads one (--checkpoint,
-    --init_from, --teacher) refuses a bad directory with the same one-line errors."""
-    where = f"--{flag}={path}"
-    if not os.path.exists(path):
-        raise UserError(f"{where} does not exist; point it at a training workdir or a converted "
-                        f"model")
-    if not os.path.isdir(path):
-        raise UserError(f"{where} is not a directory; point it at a training workdir or a "
-                        f"converted model")
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise UserError(f"{where} has no config.json; point it at a training workdir or a "
-                        f"converted model")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            recorded = json.load(f)
-        return ModelConfig.from_dict(recorded["model"]), recorded
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{config_path} is unreadable ({e}); restore it or point --{flag} at "
-                        f"another model") from None

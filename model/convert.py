@@ -7,80 +7,36 @@ Import writes a directory of the workdir's shape (config.json, one orbax checkpo
 tokenizer files), which every `--checkpoint=PATH` and `--init_from=PATH` accepts. Export writes
 config.json + safetensors that `transformers` loads with `from_pretrained`. Both stream tensor by
 tensor (never two full copies of the model), read only safetensors, and write into a temporary
-directory renamed into place at the end: a refused or failed conversion leaves nothing behind.
+directory renamed into place at the end (model/store.py): a refused or failed conversion leaves
+nothing behind, and --overwrite keeps the old model until the new one is in its place.
 """
 
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import flags
-from flax import traverse_util
 
-from model import sharding
-from model.config import ModelConfig, read_recorded
-from model.family import build_model, init_inputs
+from model.abstract import param_shapes
 from model.flags import define_model_flags
 from model.hf import architectures, files
 from model.hf.fields import token_ids
 from model.hf.rules import export_tensors, import_params
+from model.store import (
+    check_out,
+    copy_tokenizer,
+    read_recorded,
+    restore_flat,
+    staged,
+    write_model_dir,
+)
 from runtime.command import run_command
 from runtime.errors import UserError
+from runtime.files import write_json
 
 FLAGS = flags.FLAGS
-
-
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """{"layers/mlp/wi/kernel": shape, ...} of the model `cfg` describes, without allocating."""
-    boxed = jax.eval_shape(build_model(cfg).init, jax.random.key(0), *init_inputs(cfg))
-    flat = traverse_util.flatten_dict(sharding.unbox(boxed["params"]), sep="/")
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
-
-
-def check_out(out: str, overwrite: bool) -> None:
-    """Refuses an `out` that is a file, or a non-empty directory without --overwrite."""
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out={out} is a file; name a directory to create")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise UserError(f"--out={out} exists and is not empty; choose a new directory or pass "
-                        f"--overwrite")
-
-
-def staging_dir(out: str) -> str:
-    """A temp dir beside `out` to write into, renamed into place when everything is written."""
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(prefix=".convert-", dir=parent)
-    except OSError as e:
-        raise UserError(f"cannot write beside --out={out} ({e.strerror})") from None
-
-
-def move_into_place(tmp: str, out: str) -> None:
-    out = os.path.abspath(out)
-    if os.path.isdir(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
-def copy_tokenizer(src: str, dst: str, aliases: tuple[str, ...] = ()) -> list[str]:
-    """Copies the tokenizer files present in `src`; `aliases` (T5's spiece.model) become
-    tokenizer.model. Returns the names written."""
-    copied = []
-    for name in files.TOKENIZER_FILES + aliases:
-        path = os.path.join(src, name)
-        target = "tokenizer.model" if name in aliases else name
-        if os.path.isfile(path) and target not in copied:
-            shutil.copyfile(path, os.path.join(dst, target))
-            copied.append(target)
-    return copied
 
 
 def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
@@ -104,8 +60,7 @@ def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
         # Params keep the checkpoint's storage dtype (the token table's, read from its header).
         dtype = reader.dtype(rules[0].names()[0], module.BASE_PREFIX) or "float32"
         cfg = cfg.replace(param_dtype=dtype)
-        tmp = staging_dir(out)
-        try:
+        with staged(out) as tmp:
             params = import_params(rules, param_shapes(cfg), np.dtype(jax.numpy.dtype(dtype)),
                                    read, hf_dir)
             ignored = sorted(n for n in reader.names() - consumed
@@ -114,10 +69,6 @@ def import_hf(hf_dir: str, out: str, overwrite: bool = False) -> dict:
                                                "source": os.path.abspath(hf_dir),
                                                **_token_ids(hf_dir, hf, module)})
             tokenizer = copy_tokenizer(hf_dir, tmp, files.SENTENCEPIECE_ALIASES)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    move_into_place(tmp, out)
     return {"architecture": architecture, "params": sum(p.size for p in params.values()),
             "dtype": dtype, "tokenizer": tokenizer, "unused_tensors": ignored}
 
@@ -138,32 +89,6 @@ def _token_ids(hf_dir: str, hf: dict, module) -> dict[str, int]:
     return ids
 
 
-def write_model_dir(path: str, cfg: ModelConfig, params: dict[str, np.ndarray],
-                     hf: dict) -> None:
-    """config.json + checkpoints/0 with the params (the state item `restore_params` reads)."""
-    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"model": cfg.to_dict(), "hf": hf}, f, indent=2)
-    nested = traverse_util.unflatten_dict(params, sep="/")
-    manager = ocp.CheckpointManager(os.path.join(path, "checkpoints"), item_names=("state",),
-                                    options=ocp.CheckpointManagerOptions(create=True))
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": nested})))
-    manager.wait_until_finished()
-    manager.close()
-
-
-def restore_flat(checkpoint: str, cfg: ModelConfig) -> dict:
-    """The latest checkpoint's params, flat, on one device (no copy per device of a mesh)."""
-    # train/ sits above model/ in the import graph; only this command needs it.
-    from train.checkpoint import restore_params
-
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    dtype = jax.numpy.dtype(cfg.param_dtype)
-    abstract = {path: jax.ShapeDtypeStruct(shape, dtype, sharding=device)
-                for path, shape in param_shapes(cfg).items()}
-    params = restore_params(checkpoint, traverse_util.unflatten_dict(abstract, sep="/"))
-    return traverse_util.flatten_dict(params, sep="/")
-
-
 def export_hf(checkpoint: str, out: str, architecture: str = "",
               max_shard_bytes: int = 5 << 30, overwrite: bool = False) -> dict:
     """Our workdir or converted model -> a HF model directory at `out`."""
@@ -178,18 +103,12 @@ def export_hf(checkpoint: str, out: str, architecture: str = "",
     check_out(out, overwrite)  # refuse a bad --to_hf before the slow restore
     params = restore_flat(checkpoint, cfg)
     rules = module.rules(cfg, architecture)
-    tmp = staging_dir(out)
-    try:
+    with staged(out) as tmp:  # a HF directory, staged and renamed in as our own are
         hf_config = {**module.config_to_hf(cfg, architecture), **token_ids(hf_meta),
                      "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype}
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2)
+        write_json(os.path.join(tmp, "config.json"), hf_config)
         written = files.write_safetensors(tmp, export_tensors(rules, params), max_shard_bytes)
         tokenizer = copy_tokenizer(checkpoint, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    move_into_place(tmp, out)
     exported = {p for r in rules for p in r.ours}
     return {"architecture": architecture, "files": written, "tokenizer": tokenizer,
             "not_exported": sorted(set(params) - exported)}

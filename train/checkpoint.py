@@ -1,5 +1,6 @@
 """Orbax checkpoints of a run: train state, data-iterator state and run metadata, saved
-asynchronously and atomically under WORKDIR/checkpoints/<step>/.
+asynchronously and atomically under WORKDIR/checkpoints/<step>/, and the params a fine-tune takes
+from a pretrained model (read through model/store.py, the model directory's owner).
 
 Restores take abstract targets that carry shardings, so a checkpoint loads onto any mesh.
 """
@@ -18,6 +19,7 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from model import store
 from runtime.errors import UserError
 
 
@@ -189,7 +191,7 @@ class Checkpointer:
     def _mismatch(self, step: int, abstract_state: Any) -> str | None:
         """How the saved state's tree differs from `abstract_state`, or None if it does not (or
         its metadata cannot be read, which is damage, not a mismatch)."""
-        reader = _reader(self.directory)
+        reader = store.checkpoint_reader(self.directory)
         try:
             with _quiet():
                 saved = ocp.tree.to_flat_dict(dict(reader.item_metadata(step)["state"]))
@@ -227,39 +229,6 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
-    """Params of the latest checkpoint in a workdir (or converted model dir) at `path`, placed as
-    `abstract_params` says; the optimizer state there is not read (fine-tuning starts it fresh)."""
-    directory = os.path.join(os.path.abspath(path), "checkpoints")
-    if not os.path.isdir(directory):
-        raise UserError(f"{path}: no checkpoints/ directory there; point it at a training "
-                        f"workdir or a converted model")
-    manager = ocp.CheckpointManager(directory, item_names=("state",))
-    step = manager.latest_step()
-    if step is None:
-        raise UserError(f"{path}: it holds no complete checkpoint")
-    target = {"params": abstract_params}
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
-    try:
-        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True)))
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{path}: its params do not match this model's shapes "
-                        f"({str(e).splitlines()[0][:200]})") from None
-    logging.info("initialised params from %s step %d", path, step)
-    return out.state["params"]
-
-
-def _reader(directory: str) -> ocp.CheckpointManager:
-    """A manager that can read a checkpoint's metadata (handlers named for every item, so orbax
-    neither guesses nor warns)."""
-    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    registry.add("state", ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler)
-    for item in ("data", "meta"):
-        registry.add(item, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
-    return ocp.CheckpointManager(directory, handler_registry=registry)
-
-
 def match_pretrained(path: str, abstract_params: Any, heads: tuple[str, ...] = ("classifier",)
                      ) -> tuple[int, list[tuple[str, ...]], list[tuple[str, ...]]]:
     """Which params of the latest checkpoint at `path` a fine-tuning run loads: (step, keys to
@@ -267,24 +236,15 @@ def match_pretrained(path: str, abstract_params: Any, heads: tuple[str, ...] = (
     param under a top-level name in `heads` that the checkpoint lacks or holds in another shape
     (a class head of a different size) starts fresh; any other mismatch is a UserError. Reads
     metadata only, so a run can be refused before it writes anything."""
-    directory = os.path.join(os.path.abspath(path), "checkpoints")
-    if not os.path.isdir(directory):
-        raise UserError(f"{path}: no checkpoints/ directory there; point it at a training "
-                        f"workdir or a converted model")
-    manager = _reader(directory)
-    step = manager.latest_step()
-    if step is None:
-        raise UserError(f"{path}: it holds no complete checkpoint")
-    stored = traverse_util.flatten_dict(dict(manager.item_metadata(step)["state"])["params"])
-    manager.close()
+    step, stored = store.stored_shapes(path)
     load, fresh = [], []
     for key, leaf in traverse_util.flatten_dict(abstract_params).items():
-        if key in stored and tuple(stored[key].shape) == tuple(leaf.shape):
+        if key in stored and stored[key] == tuple(leaf.shape):
             load.append(key)
         elif key[0] in heads:
             fresh.append(key)
         else:
-            found = tuple(stored[key].shape) if key in stored else "missing"
+            found = stored.get(key, "missing")
             raise UserError(f"{path}: param {'/'.join(key)} is {found} there but {leaf.shape} in "
                             f"this model; pass the size flags it was trained with")
     return step, load, fresh
@@ -297,13 +257,8 @@ def restore_pretrained(path: str, abstract_params: Any, fresh_params: Any,
     names of the freshly initialised ones)."""
     step, load, fresh = match_pretrained(path, abstract_params, heads)
     wanted = traverse_util.flatten_dict(abstract_params)
-    target = {"params": traverse_util.unflatten_dict({key: wanted[key] for key in load})}
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
-    manager = _reader(os.path.join(os.path.abspath(path), "checkpoints"))
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True)))
-    manager.close()
+    loaded = store.restore_params(
+        path, traverse_util.unflatten_dict({key: wanted[key] for key in load}), step)
     params = traverse_util.flatten_dict(fresh_params)
-    params.update(traverse_util.flatten_dict(out.state["params"]))
-    logging.info("initialised params from %s step %d", path, step)
+    params.update(traverse_util.flatten_dict(loaded))
     return traverse_util.unflatten_dict(params), len(load), ["/".join(k) for k in fresh]

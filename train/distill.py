@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from model import sharding
-from model.config import ModelConfig, read_recorded
-from model.family import build_model, family_of, init_inputs
+from model import sharding, store
+from model.abstract import abstract_params, shardings_of
+from model.config import ModelConfig
+from model.family import build_model, family_of
 from runtime.errors import UserError
-from train.checkpoint import restore_params
 from train.flags import TrainConfig
 from train.objectives import PREDICTIONS, Batch
 from train.tasks import DISTILLED
@@ -28,7 +28,7 @@ def read_teacher(cfg: TrainConfig) -> ModelConfig | None:
     if cfg.objective != "distill":
         raise UserError(f"--teacher is read only by --objective=distill (not "
                         f"--objective={cfg.objective}); drop it or pass --objective=distill")
-    teacher, _ = read_recorded(cfg.teacher, "teacher")
+    teacher, _ = store.read_recorded(cfg.teacher, "teacher")
     if family_of(teacher).pretraining not in DISTILLED:
         raise UserError(f"--teacher={cfg.teacher} is a model of the {teacher.family} family; "
                         f"--objective=distill takes a decoder (clm) or encoder (mlm) teacher")
@@ -62,14 +62,11 @@ class Teacher:
         # The positions the student is scored at: those of its family's pretraining batches.
         predict = PREDICTIONS[family_of(config).pretraining]
         model = build_model(config)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-            boxed = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(config))
         # The training rules table: a teacher larger than one device loads fsdp- or
         # tensor-parallel, exactly as the student's params are laid out.
-        shardings = sharding.state_shardings(boxed["params"], mesh)
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                sharding.unbox(boxed["params"]), shardings)
-        self.params = restore_params(path, abstract)
+        abstract = abstract_params(config, mesh)
+        shardings = shardings_of(abstract)
+        self.params = store.restore_params(path, abstract)
 
         def logits(params, batch: Batch) -> jax.Array:
             # The model's logical constraints need the mesh and rules; entered inside the trace

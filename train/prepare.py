@@ -4,7 +4,6 @@ a user can give is refused here, so a refused run leaves the workdir exactly as 
 holding another run is refused too, or with --overwrite emptied of it once all else has passed."""
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -16,12 +15,13 @@ from absl import logging
 from jax.sharding import Mesh
 
 from data.hf_tokenizer import HFTokenizer
-from data.sentencepiece_tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
+from data.sentencepiece_tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from data.shards import ShardedBatches, host_shards
-from model import sharding
-from model.config import ModelConfig, get_preset, read_recorded
+from model import sharding, store
+from model.config import ModelConfig, get_preset
 from model.family import family_of
 from runtime.errors import UserError
+from runtime.files import atomic_write
 from train import distributed, ownership
 from train.distill import Teacher, check_student, read_teacher
 from train.flags import MODEL_OVERRIDES, TrainConfig, flagfile_text
@@ -79,10 +79,9 @@ class Run:
         files = self.tokenizer.files  # its first file is the tokenizer's own path
         target = os.path.join(self.workdir, next(iter(files)))
         if os.path.abspath(self.tokenizer.path) != os.path.abspath(target):
-            # Under the standard names, so that find_tokenizer finds them when the run resumes.
-            for name, source in files.items() if copy else ():
-                with open(source, "rb") as src:
-                    _atomic_write(os.path.join(self.workdir, name), src.read())
+            # Under the standard names, so that the store finds them when the run resumes.
+            if copy:
+                store.write_tokenizer(files, self.workdir)
             discard_temp_tokenizer(self.tokenizer)
             self.tokenizer.path = target
 
@@ -93,22 +92,15 @@ class Run:
         cfg = self.cfg.replace(overwrite=False)
         config = {"flags": cfg.to_flags(), "model": self.model.to_dict(),
                   "corpus": self.data.fingerprint, **extra}
-        _atomic_write(os.path.join(self.workdir, "config.json"),
-                      json.dumps(config, indent=2).encode())
-        _atomic_write(os.path.join(self.workdir, "flags.txt"), flagfile_text(cfg).encode())
+        store.write_config(self.workdir, config)
+        with atomic_write(os.path.join(self.workdir, "flags.txt")) as f:
+            f.write(flagfile_text(cfg))
 
 
 def discard_temp_tokenizer(tokenizer: Tokenizer | HFTokenizer) -> None:
     """Removes the temp dir of a tokenizer that prepare trained (a no-op for any other)."""
     if os.path.basename(os.path.dirname(tokenizer.path)).startswith(_TMP_PREFIX):
         shutil.rmtree(os.path.dirname(tokenizer.path), ignore_errors=True)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def check_numbers(cfg: TrainConfig) -> None:
@@ -157,12 +149,10 @@ def check_batch(cfg: TrainConfig, mesh: Mesh) -> None:
 def _check_pretrained_checkpoint(cfg: TrainConfig, model: ModelConfig, mesh: Mesh) -> None:
     """The loop's check that --init_from's params fit the model, done here when --overwrite is
     about to delete an earlier run, so that a bad --init_from deletes nothing."""
-    from model.transformer import build_model  # the model and orbax only on this path
+    from model.abstract import abstract_params  # the model and orbax only on this path
     from train.checkpoint import match_pretrained
-    from train.state import abstract_state
 
-    abstract, _ = abstract_state(build_model(model), make_optimizer(cfg)[0], cfg.seed, mesh)
-    match_pretrained(cfg.init_from, abstract["params"])
+    match_pretrained(cfg.init_from, abstract_params(model, mesh))
 
 
 def read_pretrained(cfg: TrainConfig, task: Task) -> ModelConfig | None:
@@ -172,7 +162,7 @@ def read_pretrained(cfg: TrainConfig, task: Task) -> ModelConfig | None:
             raise UserError("--objective=classify fine-tunes a pretrained encoder: pass "
                             "--init_from=WORKDIR of an mlm or mlm_nsp run")
         return None
-    pretrained, _ = read_recorded(cfg.init_from, "init_from")  # fields added since: defaults
+    pretrained, _ = store.read_recorded(cfg.init_from, "init_from")  # fields added since: defaults
     task.check_family(pretrained, f"--init_from={cfg.init_from}")
     if pretrained.quant != "none":
         raise UserError(f"--init_from={cfg.init_from} is a quantized model (--quant="
@@ -198,18 +188,18 @@ def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
     the --init_from run's (or imported model's), else one trained on the data (into a temp dir:
     it reaches the workdir only when the whole run has been validated) with the pieces the task
     needs."""
-    tokenizer = find_tokenizer(workdir) if workdir else None
+    tokenizer = _find_tokenizer(workdir) if workdir else None
     if tokenizer is not None and cfg.tokenizer:
         _check_same_tokenizer(cfg, tokenizer)
     if tokenizer is None and cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
     if tokenizer is None and cfg.teacher:  # the teacher's logits are over its own pieces
-        tokenizer = find_tokenizer(cfg.teacher)
+        tokenizer = _find_tokenizer(cfg.teacher)
         if tokenizer is None:
             raise UserError(f"--teacher={cfg.teacher} has no tokenizer files; the student must "
                             f"read the teacher's: pass them as --tokenizer")
     if tokenizer is None and cfg.init_from:
-        tokenizer = find_tokenizer(cfg.init_from)
+        tokenizer = _find_tokenizer(cfg.init_from)
     if tokenizer is None:
         logging.info("training a %d-piece tokenizer on %s", vocab_size, cfg.data)
         directory = tempfile.mkdtemp(prefix=_TMP_PREFIX)
@@ -228,12 +218,19 @@ def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
                         model = f.read()
                 model = distributed.broadcast_bytes(model)
                 if trained is None:
-                    _atomic_write(path, model)
+                    with atomic_write(path, "wb") as f:
+                        f.write(model)
             tokenizer = trained if trained is not None else load_tokenizer(path)
         finally:
             if tokenizer is None:
                 shutil.rmtree(directory, ignore_errors=True)
     return tokenizer
+
+
+def _find_tokenizer(path: str) -> Tokenizer | HFTokenizer | None:
+    """The tokenizer of the model directory `path` (the store locates its file), or None."""
+    found = store.tokenizer_file(path)
+    return load_tokenizer(found) if found else None
 
 
 def _check_same_tokenizer(cfg: TrainConfig, resumed: Tokenizer | HFTokenizer) -> None:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from runtime.command import run_command
 from runtime.errors import UserError
+from runtime.files import atomic_write
 from train import sweep_spec
 from train.flags import TrainConfig, config_from_flags, flagfile_text
 from train.flags import define_flags as define_train_flags
@@ -96,9 +97,8 @@ def _write_if_changed(path: str, text: str) -> None:
         with open(path, encoding="utf-8") as f:
             if f.read() == text:
                 return
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def finished(cfg: TrainConfig) -> bool:

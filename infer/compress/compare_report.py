@@ -3,12 +3,14 @@ per variant) and compare.png (held-out loss against tokens/s at batch 1), writte
 
 import json
 import os
+from typing import IO
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
+from runtime.files import atomic_write
 from runtime.provenance import device_info, versions
 
 NAMES = ("compare.json", "compare.md", "compare.png")
@@ -63,7 +65,7 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str | IO[bytes]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, r in enumerate(rows):
         x = next(s["tokens_per_s"] for s in r["speed"] if s["batch_size"] == 1)
@@ -86,18 +88,12 @@ def write_outputs(out: str, record: dict, command: str) -> str:
     record = {"device": device_info(), "versions": versions(), "command": command, **record}
     text = markdown(record)
     os.makedirs(out, exist_ok=True)
-    temps = {name: os.path.join(out, f".{name}.tmp.{os.getpid()}") for name in NAMES}
-    try:
-        with open(temps["compare.json"], "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        with open(temps["compare.md"], "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        plot(record["rows"], temps["compare.png"])
-        for name, tmp in temps.items():
-            os.replace(tmp, os.path.join(out, name))
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    # Nested, so that no file is renamed in before all three are written.
+    with (atomic_write(os.path.join(out, "compare.json")) as js,
+          atomic_write(os.path.join(out, "compare.md")) as md,
+          atomic_write(os.path.join(out, "compare.png"), "wb") as png):
+        json.dump(record, js, indent=2)
+        js.write("\n")
+        md.write(text + "\n")
+        plot(record["rows"], png)
     return text + "\n\n" + f"wrote {', '.join(os.path.join(out, n) for n in NAMES)}"

@@ -19,8 +19,8 @@ from infer.engine.load import Loaded, load, quantized, read_config, with_quant
 from infer.engine.sampling import Sampling
 from infer.engine.speculative import check_pair, speculative_generate
 from infer.timing.latency import bench_batch
-from model import sharding
-from model.config import ModelConfig, read_recorded
+from model import sharding, store
+from model.config import ModelConfig
 from model.family import family_of
 from model.quant import param_bytes
 from runtime.errors import UserError
@@ -103,7 +103,7 @@ def check(request: Request) -> tuple[ModelConfig, dict]:
         raise UserError(f"--out={request.out} is a file; name a directory")
     context = request.prompt_len + request.new_tokens
     cfg = _decoder(request.checkpoint, "--checkpoint", context)
-    _, recorded = read_recorded(request.checkpoint, "checkpoint")
+    _, recorded = store.read_recorded(request.checkpoint, "checkpoint")
     if not isinstance(recorded.get("flags"), dict):
         raise UserError(f"--checkpoint={request.checkpoint} records no training flags (a "
                         f"converted model?); compare needs a training workdir, whose held-out "

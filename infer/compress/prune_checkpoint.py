@@ -4,9 +4,7 @@ loss measured on the source run's eval split, and an optional fine-tune in OUT/f
 `python -m infer.prune` and `infer.compare` run it."""
 
 import dataclasses
-import json
 import os
-import shutil
 
 import flax.linen as nn
 import jax
@@ -14,19 +12,13 @@ import numpy as np
 from flax import traverse_util
 
 from infer.compress.prune_params import SCORES, count, prune, targets
-from model import sharding
-from model.config import ModelConfig, read_recorded
-from model.convert import (
-    check_out,
-    copy_tokenizer,
-    move_into_place,
-    restore_flat,
-    staging_dir,
-    write_model_dir,
-)
-from model.family import build_model, init_inputs
+from model import sharding, store
+from model.abstract import abstract_params, shardings_of
+from model.config import ModelConfig
+from model.family import build_model
 from model.flags import SIZE_FLAGS
 from runtime.errors import UserError
+from runtime.files import write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,18 +93,10 @@ def eval_metrics(run, cfg: ModelConfig, params: dict[str, np.ndarray]) -> dict[s
     from train.evaluate import HeldOut
 
     model = build_model(cfg)
+    shardings = shardings_of(abstract_params(cfg, run.mesh))
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
-        boxed = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(cfg))
-        shardings = sharding.state_shardings(boxed["params"], run.mesh)
         placed = jax.device_put(traverse_util.unflatten_dict(params, sep="/"), shardings)
         return HeldOut(run, model, shardings)(placed)
-
-
-def _write_json(path: str, record: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _finetune(request: Request, recorded: dict, evaluate: bool) -> dict[str, float]:
@@ -134,15 +118,15 @@ def prune_checkpoint(request: Request) -> dict:
     """Prunes, writes OUT (all or nothing), evaluates and fine-tunes as asked; returns the record
     written to OUT/prune.json."""
     _check(request)
-    cfg, recorded = read_recorded(request.checkpoint, "checkpoint")
+    cfg, recorded = store.read_recorded(request.checkpoint, "checkpoint")
     if cfg.int8_weights:  # int8 kernels with per-channel scales beside them: not sliced here
         raise UserError(f"--checkpoint={request.checkpoint} holds int8 weights ({cfg.quant}); "
                         f"prune the float model it was quantized from, then quantize the result")
     targets(cfg, request.heads, request.mlp)
-    check_out(request.out, overwrite=False)
+    store.check_out(request.out, overwrite=False)
     run = _eval_run(request, recorded)  # refuses missing data etc. before anything is written
     params = {path: np.asarray(array) for path, array in
-              restore_flat(request.checkpoint, cfg).items()}
+              store.restore_flat(request.checkpoint, cfg).items()}
     pruned, goal = prune(cfg, params, request.heads, request.mlp, request.score)
     before, after = count(params), count(pruned.params)
     evaluate = run is not None and request.eval
@@ -159,21 +143,13 @@ def prune_checkpoint(request: Request) -> dict:
     if evaluate:
         record["eval"]["unpruned"] = eval_metrics(run, cfg, params)
         record["eval"]["pruned"] = eval_metrics(run, pruned.config, pruned.params)
-    tmp = staging_dir(request.out)
-    try:
-        write_model_dir(tmp, pruned.config, pruned.params, recorded.get("hf", {}))
-        config_path = os.path.join(tmp, "config.json")
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        config["pruned"] = {key: record[key] for key in ("checkpoint", "score", "heads_fraction",
-                                                         "mlp_fraction", "params")}
-        _write_json(config_path, config)
-        copy_tokenizer(request.checkpoint, tmp)
-        _write_json(os.path.join(tmp, "prune.json"), record)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    move_into_place(tmp, request.out)
+    with store.staged(request.out) as tmp:
+        pruned_record = {key: record[key] for key in ("checkpoint", "score", "heads_fraction",
+                                                      "mlp_fraction", "params")}
+        store.write_model_dir(tmp, pruned.config, pruned.params, recorded.get("hf", {}),
+                              {"pruned": pruned_record})
+        store.copy_tokenizer(request.checkpoint, tmp)
+        write_json(os.path.join(tmp, "prune.json"), record)
     if request.finetune_steps:
         metrics = _finetune(request, recorded, evaluate)
         record["finetune"] = {"steps": request.finetune_steps,
@@ -182,5 +158,5 @@ def prune_checkpoint(request: Request) -> dict:
         if evaluate:  # the last metrics line of the fine-tune: training's and held-out ones
             record["eval"]["finetuned"] = {k: metrics[k] for k in record["eval"]["pruned"]
                                            if k in metrics}
-        _write_json(os.path.join(request.out, "prune.json"), record)
+        write_json(os.path.join(request.out, "prune.json"), record)
     return record

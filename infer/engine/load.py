@@ -1,19 +1,19 @@
-"""Loads a model for inference from a training workdir or a converted model directory:
-config.json -> ModelConfig, the latest checkpoint's params placed on a mesh, the tokenizer."""
+"""Loads a model for inference from a training workdir or a converted model directory: its
+config.json read once (model/store.py), the latest checkpoint's params placed on a mesh, the
+tokenizer."""
 
 import dataclasses
 
 import flax.linen as nn
-import jax
 from jax.sharding import Mesh
 
 from data.hf_tokenizer import HFTokenizer
-from data.sentencepiece_tokenizer import Tokenizer, find_tokenizer
-from model import quant, sharding
-from model.config import QUANT_MODES, ModelConfig, read_recorded
-from model.family import build_model, init_inputs
+from data.sentencepiece_tokenizer import Tokenizer, load_tokenizer
+from model import quant, sharding, store
+from model.abstract import abstract_params
+from model.config import QUANT_MODES, ModelConfig
+from model.family import build_model
 from runtime.errors import UserError
-from train.checkpoint import restore_params
 
 
 @dataclasses.dataclass
@@ -29,15 +29,7 @@ class Loaded:
 
 
 def read_config(path: str) -> ModelConfig:
-    return _read(path)[0]
-
-
-def _read(path: str) -> tuple[ModelConfig, dict]:
-    """(the model config, the token ids an imported model recorded) from config.json."""
-    config, recorded = read_recorded(path, "checkpoint")
-    hf = recorded.get("hf", {})
-    ids = {k: v for k, v in hf.items() if k.endswith("token_id")} if isinstance(hf, dict) else {}
-    return config, ids
+    return store.read_recorded(path, "checkpoint")[0]
 
 
 def load(path: str, mesh_spec: str = "", quant: str = "none") -> Loaded:
@@ -45,13 +37,14 @@ def load(path: str, mesh_spec: str = "", quant: str = "none") -> Loaded:
     training), so a model larger than one device loads tensor- or fsdp-parallel. `quant`
     (model/quant.py) quantizes a float model's weights after loading and/or gives it an int8 KV
     cache; a saved quantized model loads as it is."""
-    config, token_ids = _read(path)
+    config, recorded = store.read_recorded(path, "checkpoint")
     target = with_quant(config, quant, path)
     stored = config.replace(quant="int8" if config.int8_weights else "none")
     mesh = sharding.make_mesh(mesh_spec)
-    params = restore_params(path, abstract_params(stored, mesh))
-    loaded = Loaded(stored, build_model(stored), {"params": params}, mesh, find_tokenizer(path),
-                    token_ids)
+    params = store.restore_params(path, abstract_params(stored, mesh))
+    tokenizer = store.tokenizer_file(path)
+    loaded = Loaded(stored, build_model(stored), {"params": params}, mesh,
+                    load_tokenizer(tokenizer) if tokenizer else None, store.token_ids(recorded))
     return quantized(loaded, target)
 
 
@@ -67,16 +60,6 @@ def with_quant(config: ModelConfig, quant: str, path: str = "") -> ModelConfig:
         raise UserError(f"{path or 'the model'} holds int8 weights; --quant={quant} would need "
                         f"the float weights it was quantized from")
     return config.replace(quant=quant)
-
-
-def abstract_params(config: ModelConfig, mesh: Mesh):
-    """The params of a `config` model as shape/dtype/sharding structs on `mesh`."""
-    model = build_model(config)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        boxed = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(config))
-    shardings = sharding.state_shardings(boxed["params"], mesh)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        sharding.unbox(boxed["params"]), shardings)
 
 
 def quantized(loaded: Loaded, config: ModelConfig) -> Loaded:

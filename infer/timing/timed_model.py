@@ -6,6 +6,7 @@ import jax
 
 from infer.engine.load import Loaded, load, read_config
 from model import sharding
+from model.abstract import abstract_params, shardings_of
 from model.config import ModelConfig, get_preset
 from model.family import build_model, init_inputs
 from runtime.errors import UserError
@@ -20,9 +21,8 @@ def random_loaded(cfg: ModelConfig, mesh_spec: str, seed: int, devices=None) -> 
     model = build_model(cfg)
     mesh = sharding.make_mesh(mesh_spec, devices)
     dummy = init_inputs(cfg)
+    shardings = {"params": shardings_of(abstract_params(cfg, mesh))}
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        boxed = jax.eval_shape(model.init, jax.random.key(seed), *dummy)
-        shardings = sharding.state_shardings(boxed, mesh)
         params = jax.jit(model.init, out_shardings=shardings)(jax.random.key(seed), *dummy)
     return Loaded(cfg, model, sharding.unbox(params), mesh, None)
 

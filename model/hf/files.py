@@ -12,14 +12,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from runtime.errors import UserError
+from runtime.files import write_json
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
-# Files a tokenizer may consist of; copied as they are both ways (spiece.model is T5's name for
-# its SentencePiece model: ours is tokenizer.model).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model")
+# HF's other names for a SentencePiece model (T5's spiece.model): ours is tokenizer.model. The
+# tokenizer files copied both ways are model/store.py's TOKENIZER_FILES.
 SENTENCEPIECE_ALIASES = ("spiece.model", "sentencepiece.bpe.model")
 # safetensors header dtypes -> ModelConfig.param_dtype.
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
@@ -124,6 +123,8 @@ def write_safetensors(out_dir: str, tensors: Iterable[tuple[str, np.ndarray]],
         size += tensor.nbytes
         total += tensor.nbytes
     flush()
+    # Shards are named once their count is known: these renames name whole files inside the
+    # staging directory (model/store.py renames it in whole), they are not there for atomicity.
     if len(keys) == 1:
         os.replace(os.path.join(out_dir, "shard-00000.tmp"), os.path.join(out_dir, SINGLE))
         return [SINGLE]
@@ -132,6 +133,6 @@ def write_safetensors(out_dir: str, tensors: Iterable[tuple[str, np.ndarray]],
         os.replace(os.path.join(out_dir, f"shard-{i:05d}.tmp"), os.path.join(out_dir, name))
     weight_map = {key: name for name, shard_keys in zip(names, keys, strict=True)
                   for key in shard_keys}
-    with open(os.path.join(out_dir, INDEX), "w", encoding="utf-8") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    write_json(os.path.join(out_dir, INDEX),
+               {"metadata": {"total_size": total}, "weight_map": weight_map})
     return [*names, INDEX]

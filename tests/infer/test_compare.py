@@ -103,7 +103,7 @@ def test_eval_through_a_float_cache_equals_the_plain_eval(workdir, tmp_path):
     path must reproduce the training loop's own eval exactly, so any change is the int8's."""
     from infer.compress.comparison import Request, eval_run, quality
     from infer.engine.load import load
-    from model.config import read_recorded
+    from model.store import read_recorded
 
     request = Request(workdir, str(tmp_path / "out"), eval_batches=2)
     run = eval_run(request, read_recorded(workdir, "checkpoint")[1])

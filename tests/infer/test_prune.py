@@ -16,8 +16,8 @@ from flax import traverse_util
 
 from infer.compress.prune_params import count, prune, targets
 from infer.engine.load import load
+from model.abstract import param_shapes
 from model.config import ModelConfig, get_preset
-from model.convert import param_shapes
 from model.family import build_model
 
 TOKENS = np.random.default_rng(0).integers(0, 512, (2, 12)).astype(np.int32)

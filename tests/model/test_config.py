@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import pytest
 
-from model.config import PRESETS, ModelConfig, get_preset, read_recorded
+from model.config import PRESETS, ModelConfig, get_preset
 from model.family import build_model, init_inputs
+from model.store import read_recorded
 from runtime.errors import UserError
 
 

@@ -123,7 +123,8 @@ def run_ours(cfg: ModelConfig, train_cfg: TrainConfig, batch: dict[str, np.ndarr
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"]))
     seq_len = batch["tokens"].shape[1] - 1
     return {"compile_s": compile_s, "params": params, "memory": memory, "mesh": dict(mesh.shape),
-            **_summary(times, batch_size * seq_len, family_of(cfg).train_flops_per_token(seq_len))}
+            **_summary(times, batch_size * seq_len,
+                       family_of(cfg).train_flops_per_token(cfg, seq_len))}
 
 
 def gpt2_mismatch(cfg: ModelConfig) -> str:
@@ -184,7 +185,7 @@ def run_hf_peer(cfg: ModelConfig, train_cfg: TrainConfig, tokens: np.ndarray, wa
             "dtype": "bfloat16 autocast" if bf16 else "float32", "threads": torch.get_num_threads(),
             "params": sum(p.numel() for p in params), "memory": memory,
             **_summary(times, tokens.shape[0] * (tokens.shape[1] - 1),
-                       family_of(cfg).train_flops_per_token(tokens.shape[1] - 1))}
+                       family_of(cfg).train_flops_per_token(cfg, tokens.shape[1] - 1))}
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict:

@@ -11,23 +11,24 @@ from runtime.errors import UserError, exit_with
 
 
 def parse_flags(argv: list[str], command: str, help_flag: str = "--help",
-                positional: int = 0) -> list[str]:
-    """absl parsing with a bad flag, or more than `positional` positional arguments, reported as
-    one line, exit 2."""
+                positional: int | None = 0) -> list[str]:
+    """absl parsing with a bad flag, or more than `positional` positional arguments (None: any
+    number), reported as one line, exit 2."""
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
         exit_with(UserError(f"{e}; see python -m {command} {help_flag}"))
-    if len(rest) > 1 + positional:
+    if positional is not None and len(rest) > 1 + positional:
         exit_with(UserError(f"unexpected arguments {rest[1:]}; flags are written --name=value "
                             f"(see python -m {command} {help_flag})"))
     return rest
 
 
 def run_command(main: Callable[[list[str]], None], define_flags: Callable[[], None],
-                command: str, help_flag: str = "--help", positional: int = 0) -> None:
+                command: str, help_flag: str = "--help", positional: int | None = 0) -> None:
     """Runs `main` as the absl command `python -m {command}` after `define_flags()`; `positional`:
-    how many positional arguments it takes at most (train.results: its directory)."""
+    how many positional arguments it takes at most (train.results: its directory; None for
+    train.launch_local, which passes everything after `--` to each process)."""
 
     def guarded(argv: list[str]) -> None:
         if not flags.FLAGS["verbosity"].present:

@@ -154,7 +154,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    run_command(main, define_flags, "train.launch_local")
+    run_command(main, define_flags, "train.launch_local", positional=None)
 
 
 if __name__ == "__main__":

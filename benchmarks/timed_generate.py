@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from infer.engine.engine import _generate
+from infer.engine.engine import generate_padded
 from infer.engine.sampling import Sampling
 from model import sharding
 from model.config import ModelConfig
@@ -73,8 +73,9 @@ def ours_generate(loaded, tokens: np.ndarray):
     def generate(n: int) -> float:
         t0 = time.perf_counter()
         with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
-            out, _ = _generate(loaded.model, loaded.params, tokens, segments, jax.random.key(0),
-                               max_new_tokens=n, sampling=Sampling(), eos_id=-1)
+            out, _ = generate_padded(loaded.model, loaded.params, tokens, segments,
+                                     jax.random.key(0), max_new_tokens=n, sampling=Sampling(),
+                                     eos_id=-1)
         jax.block_until_ready(out)
         return time.perf_counter() - t0
 

@@ -12,7 +12,7 @@ import numpy as np
 from data.examples import example_dataset, pad_row, shard_items
 from data.mlm import MASK_RATE, check_mask_rate, mask_tokens, ordinary_ids, special_ids
 from data.options import StreamOptions
-from data.pipeline import CHARS_PER_TOKEN, _chunks
+from data.pipeline import CHARS_PER_TOKEN, split_document
 from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
@@ -31,7 +31,7 @@ class SentencePairs:
         starts, ends = [], []
         for text in texts:
             starts.append(len(self.chunks))
-            self.chunks.extend(piece for piece, _ in _chunks(text, chars_per_chunk))
+            self.chunks.extend(piece for piece, _ in split_document(text, chars_per_chunk))
             ends.append(len(self.chunks))
         self.doc_starts, self.doc_ends = np.asarray(starts), np.asarray(ends)
         self.chunk_doc = np.repeat(np.arange(len(texts)), self.doc_ends - self.doc_starts)

@@ -61,7 +61,7 @@ def packed_dataset(
 
     # Shuffle row-sized pieces, not whole documents: a 5,000-token source file would otherwise
     # fill dozens of consecutive batches and the model would see one file at a time.
-    chunks = [c for text in shard_texts for c in _chunks(text, CHARS_PER_TOKEN * length)]
+    chunks = [c for text in shard_texts for c in split_document(text, CHARS_PER_TOKEN * length)]
     ds = grain.MapDataset.source(chunks)
     if options.shuffle:
         ds = ds.shuffle(seed=options.seed)
@@ -88,7 +88,7 @@ def packed_dataset(
 CHARS_PER_TOKEN = 3
 
 
-def _chunks(text: str, max_chars: int) -> list[tuple[str, bool]]:
+def split_document(text: str, max_chars: int) -> list[tuple[str, bool]]:
     """Splits a document at line boundaries into pieces of about `max_chars` (a longer line stays
     whole); the flag marks the piece that ends the document, which alone gets an EOS."""
     pieces, start = [], 0

@@ -47,8 +47,11 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id",
                                              "on_token"))
-def _generate(model, params, tokens, segments, rng, *, max_new_tokens: int, sampling: Sampling,
-              eos_id: int, on_token=None):
+def generate_padded(model, params, tokens, segments, rng, *, max_new_tokens: int,
+                    sampling: Sampling, eos_id: int, on_token=None):
+    """The whole prefill + decode of left-padded `tokens` [batch, prompt_len] (`segments` 0 on
+    padding) as one compiled program; `generate` left-pads the prompts and calls it, the timing code
+    calls it on arrays it made."""
     batch, prompt_len = tokens.shape
     total = prompt_len + max_new_tokens
     positions = jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
@@ -106,7 +109,7 @@ def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
     tokens, segments = left_pad(prompts)
     check_lengths(cfg, tokens.shape[1], max_new_tokens)
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
-        out, _ = _generate(loaded.model, loaded.params, tokens, segments, jax.random.PRNGKey(seed),
+        out, _ = generate_padded(loaded.model, loaded.params, tokens, segments, jax.random.PRNGKey(seed),
                            max_new_tokens=max_new_tokens, sampling=sampling.validated(),
                            eos_id=eos_id, on_token=on_token)
     rows = []

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.engine.engine import _generate, init_cache
+from infer.engine.engine import generate_padded, init_cache
 from infer.engine.load import Loaded
 from infer.engine.sampling import Sampling, sample
 from infer.timing.roofline import component_work, device_peaks
@@ -96,7 +96,7 @@ def bench_batch(loaded: Loaded, batch: int, prompt_len: int, new_tokens: int, re
             state = jax.block_until_ready(compiled(params, *state))
             latencies.append(time.perf_counter() - t0)
         rng = jax.random.key(seed)
-        end_to_end = _median_time(lambda: _generate(
+        end_to_end = _median_time(lambda: generate_padded(
             model, params, tokens, segments, rng, max_new_tokens=new_tokens, sampling=greedy,
             eos_id=-1)[0], repeats)
 

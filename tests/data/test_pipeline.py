@@ -151,11 +151,11 @@ def test_bad_arguments_raise_user_error(small_tokenizer: Tokenizer):
 
 
 def test_chunks_split_at_lines_and_mark_the_document_end():
-    from data.pipeline import _chunks
+    from data.pipeline import split_document
 
     text = "".join(f"line {i}\n" for i in range(100))
-    pieces = _chunks(text, 50)
+    pieces = split_document(text, 50)
     assert "".join(p for p, _ in pieces) == text
     assert all(len(p) <= 50 and p.endswith("\n") for p, _ in pieces)
     assert [last for _, last in pieces] == [False] * (len(pieces) - 1) + [True]
-    assert _chunks("x" * 120, 50) == [("x" * 120, True)]  # one long line stays whole
+    assert split_document("x" * 120, 50) == [("x" * 120, True)]  # one long line stays whole

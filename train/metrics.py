@@ -11,7 +11,8 @@ import jax
 from runtime.files import atomic_write
 
 # Eval metrics beyond the loss that the console line shows when a task reports them.
-TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu", "distill_kl")
+TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu", "distill_kl",
+                "shuffled_source_loss")
 
 
 class MetricsWriter:

@@ -144,7 +144,20 @@ def seq2seq_stats(model, params, batch: Batch) -> Stats:
     logits = _seq2seq_logits(model, params, batch)
     targets, weights = batch["decoder_targets"], batch["decoder_weights"]
     return {"loss": _weighted(_cross_entropy(logits, targets), weights),
-            "token_accuracy": _weighted(_accuracy(logits, targets), weights)}
+            "token_accuracy": _weighted(_accuracy(logits, targets), weights),
+            "shuffled_source_loss": _shuffled_source_loss(model, params, batch)}
+
+
+def _shuffled_source_loss(model, params, batch: Batch) -> tuple[Array, Array]:
+    """The loss of every target given the next row's source instead of its own: a model that
+    reads its encoder does worse here than on eval_loss, one that ignores it the same. Targets
+    whose borrowed source is a padding row (the last eval batch) are left out."""
+    source_keys = ("encoder_tokens", "encoder_segment_ids", "encoder_positions")
+    shuffled = {**batch, **{k: jnp.roll(batch[k], 1, axis=0) for k in source_keys}}
+    has_source = jnp.any(shuffled["encoder_segment_ids"] > 0, axis=1)
+    weights = batch["decoder_weights"] * has_source[:, None]
+    losses = _cross_entropy(_seq2seq_logits(model, params, shuffled), batch["decoder_targets"])
+    return _weighted(jnp.where(weights > 0, losses, 0.0), weights)
 
 
 def seq2seq(model, params, batch: Batch, rng: Array, label_smoothing: float = 0.0

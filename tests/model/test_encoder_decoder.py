@@ -124,3 +124,23 @@ def test_decode_without_encoder_keys_is_refused(tiny):
     with pytest.raises(ValueError, match="encoded"):
         model.apply(params, jnp.ones((1, 1), jnp.int32), cache=init_cache(cfg, 1, 4),
                     cache_index=0, method=EncoderDecoder.decode)
+
+
+@pytest.mark.parametrize("preset", ["tiny_t5", "tiny_transformer"])
+def test_decoder_logits_read_the_source_and_not_its_padding(tiny, preset):
+    """Changing one real source token changes every target position's logits (cross-attention
+    reads the encoder); changing a padding token of the source (segment 0) changes nothing."""
+    _, model, params = _model(tiny, preset)
+    apply = jax.jit(model.apply)
+    enc, enc_seg, dec = _pairs(np.random.default_rng(2))
+    dec_seg = np.ones_like(dec)
+    base = np.asarray(apply(params, enc, dec, enc_seg, dec_seg))
+    real = enc.copy()
+    real[1, 2] = (real[1, 2] + 1) % VOCAB
+    moved = np.asarray(apply(params, real, dec, enc_seg, dec_seg))
+    assert (np.abs(moved[1] - base[1]).max(axis=-1) > 1e-5).all()  # every target position
+    np.testing.assert_array_equal(moved[0], base[0])  # the other row untouched
+    padding = enc.copy()
+    padding[1, 7] = (padding[1, 7] + 1) % VOCAB  # row 1's source is padding from 6 on
+    np.testing.assert_allclose(np.asarray(apply(params, padding, dec, enc_seg, dec_seg)), base,
+                               atol=1e-6)

@@ -170,3 +170,31 @@ def test_greedy_decode_is_the_argmax_of_the_full_model_step_by_step():
         tokens[:, t + 1] = np.argmax(apply(tokens[:, :6])[:, t], -1)
     np.testing.assert_array_equal(out, tokens[:, 1:])
     assert len(np.unique(out)) > 3  # random params decode varied tokens, not one constant
+
+
+def test_shuffled_source_loss_scores_each_target_with_the_next_rows_source():
+    """The metric equals the loss of a batch whose sources were rolled by one row (computed here
+    by hand), leaves out targets whose borrowed source is padding, and is the plain loss for a
+    model that ignores its encoder."""
+    model = build_model(get_preset("tiny_t5").replace(vocab_size=VOCAB))
+    params = _init(model, np.zeros((1, 2), np.int32), np.zeros((1, 2), np.int32))
+    batch = _seq2seq_batch()
+    batch["encoder_segment_ids"][3] = 0  # a padding row: the targets of row 4 borrow nothing
+    stats = jax.jit(lambda b: objectives.seq2seq_stats(model, params, b))(batch)
+    rolled = {**batch, **{k: np.roll(batch[k], 1, axis=0) for k in
+                          ("encoder_tokens", "encoder_segment_ids", "encoder_positions")}}
+    rolled["decoder_weights"] = batch["decoder_weights"] * (np.arange(B) != 4)[:, None]
+    expected = jax.jit(lambda b: objectives.seq2seq_stats(model, params, b))(rolled)["loss"]
+    np.testing.assert_allclose(np.asarray(stats["shuffled_source_loss"]), np.asarray(expected),
+                               rtol=1e-6)
+    assert abs(float(stats["shuffled_source_loss"][0] / stats["shuffled_source_loss"][1])
+               - float(stats["loss"][0] / stats["loss"][1])) > 1e-4
+
+    class SourceBlind:  # the decoder's own logits whatever the source says
+        def apply(self, variables, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos):
+            return model.apply(variables, np.ones_like(enc), dec, np.ones_like(enc_seg), dec_seg,
+                               enc_pos, dec_pos)
+
+    blind = objectives.seq2seq_stats(SourceBlind(), params, _seq2seq_batch())
+    np.testing.assert_allclose(np.asarray(blind["shuffled_source_loss"]),
+                               np.asarray(blind["loss"]), rtol=1e-6)

@@ -160,8 +160,11 @@ def read_manifest(directory: str, checksums: bool = True) -> dict:
     if not os.path.isfile(tokenizer) or file_sha256(tokenizer) != manifest["tokenizer_sha256"]:
         raise UserError(f"the tokenizer file {tokenizer} is missing or not the one the shards "
                         f"were made with; prepare the data again.")
-    for entry in manifest["shards"]:
-        check_shard(directory, entry, checksums)
+    for entry in manifest["shards"]:  # every file's presence and size first: they are cheap
+        check_shard(directory, entry, checksums=False)
+    if checksums:
+        for entry in manifest["shards"]:
+            check_shard(directory, entry, checksums=True)
     return manifest
 
 

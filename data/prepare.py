@@ -17,6 +17,8 @@ from runtime.errors import UserError
 def main(argv: Sequence[str]) -> None:
     del argv  # run_command refuses stray arguments
     args = flags.FLAGS
+    if not args.out:  # not absl-required: two missing flags would make two error lines
+        raise UserError("--out=DIR is required: the directory to write the prepared data to")
     if args.tokenizer and args["vocab_size"].present:
         raise UserError("pass --tokenizer=PATH or --vocab_size=N (to train one), not both")
     manifest = prepare_corpus(args.data, args.out, tokenizer=args.tokenizer or "",
@@ -45,7 +47,6 @@ def define_flags() -> None:
     flags.DEFINE_float("shard_mb", 64.0, "Input megabytes (MiB) per output shard, the unit of "
                        "work and of restart (default 64).")
     flags.mark_flag_as_required("data")
-    flags.mark_flag_as_required("out")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ from data.sentencepiece_tokenizer import MAX_TRAIN_CHARS, Tokenizer, load_tokeni
 from runtime.errors import UserError
 from runtime.files import atomic_write
 
-# Test hook: SIGKILL the job right after it has recorded this many shards (tests/data).
+# Test hooks (tests/data): SIGKILL the job right after it has recorded this many shards, or
+# while it writes shard number KILL_IN_SHARD_ENV (after that shard's first document).
 KILL_AFTER_ENV = "MESHLM_PREPARE_KILL_AFTER"
+KILL_IN_SHARD_ENV = "MESHLM_PREPARE_KILL_IN_SHARD"
 
 
 def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int = 4096,
@@ -164,6 +166,7 @@ def _build_shard(job: tuple) -> dict:
     eos = np.asarray([tokenizer.eos_id], dtype=np.int32)
     writers = {s: token_shards.SplitWriter(out, s, index, dtype) for s in token_shards.SPLITS}
     source = hashlib.sha256()
+    kill = os.environ.get(KILL_IN_SHARD_ENV) == str(index)
     try:
         for unit in units:
             for pieces in prepare_sources.documents(unit):
@@ -178,6 +181,8 @@ def _build_shard(job: tuple) -> dict:
                 source.update(digest)
                 split = "eval" if prepare_sources.is_eval(digest, eval_fraction) else "train"
                 writers[split].add(np.concatenate([*parts, eos]))
+                if kill:
+                    os.kill(os.getpid(), signal.SIGKILL)
     except BaseException:
         for writer in writers.values():
             writer.abort()

@@ -11,7 +11,7 @@ import pytest
 
 from data.corpus import load_corpus
 from data.options import StreamOptions
-from data.prepare_job import KILL_AFTER_ENV, prepare_corpus
+from data.prepare_job import KILL_AFTER_ENV, KILL_IN_SHARD_ENV, prepare_corpus
 from data.prepared_dataset import load_prepared, prepared_dataset
 from data.sentencepiece_tokenizer import load_tokenizer, train_tokenizer
 from data.token_shards import SplitReader, read_manifest
@@ -102,6 +102,20 @@ def test_killed_and_rerun_equals_an_uninterrupted_run(corpus, prepared, tmp_path
     assert _files(out) == _files(prepared)
     again = _command(*args)  # a finished preparation: rerunning changes nothing
     assert again.returncode == 0 and _files(out) == _files(prepared)
+
+
+def test_killed_while_writing_a_shard_leaves_no_shard_under_its_name(corpus, prepared, tmp_path):
+    out = str(tmp_path / "killed")
+    args = [f"--data={corpus}", f"--out={out}", f"--vocab_size={VOCAB}",
+            f"--eval_fraction={EVAL}", f"--shard_mb={SHARD_MB}"]
+    killed = _command(*args, env={**os.environ, KILL_IN_SHARD_ENV: "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    names = os.listdir(out)
+    assert "train-00000.tokens" in names and "train-00001.tokens" not in names
+    assert any(n.startswith("train-00001.tokens.tmp") for n in names)
+    rerun = _command(*args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert _files(out) == _files(prepared)
 
 
 def test_host_shares_are_disjoint_and_cover_the_split(prepared):

@@ -4,6 +4,8 @@ bit-exact, and a damaged shard or another tokenizer is refused before anything i
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -21,6 +23,7 @@ from train.optimizer import make_optimizer
 from train.prepare import prepare
 from train.state import abstract_state
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = TrainConfig(preset="tiny", seq_len=16, batch_size=8, learning_rate=3e-3, warmup_steps=1,
                    schedule="constant", log_every=1, eval_every=4, eval_batches=2, save_every=2)
 
@@ -97,3 +100,17 @@ def test_bad_prepared_data_is_refused(prepared, tmp_path):
     assert "checksum" in _refused(cfg.replace(data=damaged))
     os.remove(os.path.join(damaged, "eval-00001.tokens"))
     assert "lacks" in _refused(cfg.replace(data=damaged))
+
+
+def test_cli_refuses_a_truncated_shard_in_one_line(prepared, tmp_path):
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(prepared, damaged)
+    with open(os.path.join(damaged, "eval-00000.tokens"), "r+b") as f:
+        f.truncate(2)
+    workdir = str(tmp_path / "w")
+    result = subprocess.run([sys.executable, "-m", "train", f"--data={damaged}",
+                             f"--workdir={workdir}", "--preset=tiny", "--steps=1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith("error: shard file"), lines[-3:]
+    assert "truncated" in lines[-1] and not os.path.exists(workdir)

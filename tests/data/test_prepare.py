@@ -193,3 +193,23 @@ def test_out_holding_other_files_and_empty_corpus_are_refused(corpus, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and lines[-1].startswith("error: "), result.stderr[-1000:]
         assert not os.path.exists(out)
+
+
+def test_compressed_files_read_as_their_plain_text(corpus, prepared, tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    import gzip
+
+    with open(os.path.join(corpus, "a.jsonl"), "rb") as f:
+        raw = f.read()
+    outs = {}
+    for suffix, compress in ((".jsonl", bytes), (".jsonl.gz", gzip.compress),
+                             (".jsonl.zst", zstandard.ZstdCompressor().compress)):
+        source = tmp_path / f"src{suffix.replace('.', '_')}" / f"a{suffix}"
+        source.parent.mkdir()
+        source.write_bytes(compress(raw))
+        outs[suffix] = str(tmp_path / f"out{suffix.replace('.', '_')}")
+        prepare_corpus(str(source), outs[suffix], eval_fraction=EVAL, shard_mb=1.0,
+                       tokenizer=os.path.join(prepared, "tokenizer.model"))
+    shards = [{k: v for k, v in _files(out).items() if k.endswith((".tokens", ".npy"))}
+              for out in outs.values()]
+    assert shards[0] and shards[1] == shards[0] and shards[2] == shards[0]

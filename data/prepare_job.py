@@ -43,7 +43,7 @@ def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int 
     settings = {"data": spec, "eval_fraction": eval_fraction, "shard_bytes": shard_bytes,
                 "tokenizer_sha256": given_sha, "vocab_size": None if tokenizer else vocab_size,
                 "inputs": [[u["path"], u["kind"], u["start"], u["stop"]] for u in units]}
-    if token_shards.is_prepared(out):
+    if token_shards.is_finished(out):
         manifest = token_shards.read_manifest(out, checksums=False)
         if manifest["settings"] != settings:
             raise UserError(f"--out={out} holds data prepared from other inputs or settings; "

@@ -7,7 +7,6 @@ it do not depend on the number of workers or their scheduling.
 """
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -162,8 +161,3 @@ def _parquet_file(path: str):
         return pq.ParquetFile(path)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read parquet file {path!r} ({e}); check it.")
-
-
-def text_digest() -> "hashlib._Hash":
-    """The incremental hash of a document's text that decides its split."""
-    return hashlib.sha1()

@@ -90,8 +90,14 @@ def remove_temporaries(directory: str) -> None:
 
 
 def is_prepared(path: str) -> bool:
-    """Whether `path` is a prepared directory (it has a manifest.json)."""
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))
+    """Whether `path` is a prepared directory, finished (it has a manifest.json) or not (a
+    progress.json)."""
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name))
+                                       for name in (MANIFEST, PROGRESS))
+
+
+def is_finished(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MANIFEST))
 
 
 def owns(path: str) -> bool:
@@ -152,6 +158,9 @@ def check_shard(directory: str, entry: dict, checksums: bool) -> None:
 def read_manifest(directory: str, checksums: bool = True) -> dict:
     """The manifest of the prepared `directory`, every shard and the tokenizer checked (sizes
     always, sha256 with `checksums`)."""
+    if not is_finished(directory):
+        raise UserError(f"{directory} is an unfinished preparation (it has no {MANIFEST} yet); "
+                        f"rerun the python -m data.prepare command that made it to finish it.")
     manifest = read_json(os.path.join(directory, MANIFEST))
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise UserError(f"{directory} holds no meshlm prepared data of version {VERSION}; "

@@ -100,6 +100,8 @@ def test_bad_prepared_data_is_refused(prepared, tmp_path):
     assert "checksum" in _refused(cfg.replace(data=damaged))
     os.remove(os.path.join(damaged, "eval-00001.tokens"))
     assert "lacks" in _refused(cfg.replace(data=damaged))
+    os.rename(os.path.join(damaged, "manifest.json"), os.path.join(damaged, "progress.json"))
+    assert "unfinished preparation" in _refused(cfg.replace(data=damaged))
 
 
 def test_cli_refuses_a_truncated_shard_in_one_line(prepared, tmp_path):

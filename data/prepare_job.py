@@ -12,7 +12,9 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -128,32 +130,62 @@ def _build(out: str, tokenizer: Tokenizer, units: list[dict], settings: dict, pr
     total_bytes = sum(u["bytes"] for u in units)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
     jobs = [(i, shards[i], out, tokenizer.path, settings["eval_fraction"]) for i in todo]
-    start, tokens = time.monotonic(), 0
+    start, tokens = time.monotonic(), [0]
     with tqdm(total=total_bytes, initial=sum(done[k]["input_bytes"] for k in done), unit="B",
               unit_scale=True, desc="prepare", mininterval=1.0) as bar:
-        results = _run_jobs(jobs, num_workers)
-        for n, entry in enumerate(results, 1):
+
+        def report(input_bytes: int, unit_tokens: int) -> None:  # after every unit
+            tokens[0] += unit_tokens
+            bar.update(input_bytes)
+            bar.set_postfix(tokens_per_s=f"{tokens[0] / max(time.monotonic() - start, 1e-9):.0f}",
+                            refresh=False)
+
+        for n, entry in enumerate(_run_jobs(jobs, num_workers, report), 1):
             done[str(entry["index"])] = entry
             token_shards.write_progress(out, progress)  # after the shard's rename
-            tokens += entry["train"]["num_tokens"] + entry["eval"]["num_tokens"]
-            bar.update(entry["input_bytes"])
-            bar.set_postfix(tokens_per_s=f"{tokens / max(time.monotonic() - start, 1e-9):.0f}")
             if kill_after and n >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     return _finish(out, tokenizer, settings, [done[str(i)] for i in range(len(shards))])
 
 
-def _run_jobs(jobs: list[tuple], num_workers: int):
+def _run_jobs(jobs: list[tuple], num_workers: int,
+              report: Callable[[int, int], None]) -> Iterator[dict]:
+    """The shards' manifest entries as they finish; `report(input bytes, tokens)` is called
+    after every unit, in this process (a thread relays the workers' reports)."""
+    global _REPORT
     if num_workers == 1 or len(jobs) <= 1:
-        yield from map(_build_shard, jobs)
+        _REPORT = report
+        try:
+            yield from map(_build_shard, jobs)
+        finally:
+            _REPORT = None
         return
     # spawn: the parent may hold threads (jax, grain) that a fork would copy half-way.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(num_workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(_build_shard, jobs)
+    reports = context.Queue()
+    relay = threading.Thread(target=_relay, args=(reports, report), daemon=True)
+    relay.start()
+    try:
+        with context.Pool(min(num_workers, len(jobs)), initializer=_init_worker,
+                          initargs=(reports,)) as pool:
+            yield from pool.imap_unordered(_build_shard, jobs)
+    finally:
+        reports.put(None)
+        relay.join()
+
+
+def _relay(reports: "multiprocessing.Queue", report: Callable[[int, int], None]) -> None:
+    while (item := reports.get()) is not None:
+        report(*item)
+
+
+def _init_worker(reports: "multiprocessing.Queue") -> None:
+    global _REPORT
+    _REPORT = lambda input_bytes, tokens: reports.put((input_bytes, tokens))
 
 
 _TOKENIZERS: dict[str, Tokenizer] = {}  # one per worker process
+_REPORT: Callable[[int, int], None] | None = None  # where a unit's (bytes, tokens) go
 
 
 def _build_shard(job: tuple) -> dict:
@@ -169,6 +201,7 @@ def _build_shard(job: tuple) -> dict:
     kill = os.environ.get(KILL_IN_SHARD_ENV) == str(index)
     try:
         for unit in units:
+            before = sum(w.num_tokens for w in writers.values())
             for pieces in prepare_sources.documents(unit):
                 digest, parts, blank = hashlib.sha1(), [], True
                 for piece in pieces:
@@ -183,6 +216,8 @@ def _build_shard(job: tuple) -> dict:
                 writers[split].add(np.concatenate([*parts, eos]))
                 if kill:
                     os.kill(os.getpid(), signal.SIGKILL)
+            if _REPORT is not None:
+                _REPORT(unit["bytes"], sum(w.num_tokens for w in writers.values()) - before)
     except BaseException:
         for writer in writers.values():
             writer.abort()

@@ -64,6 +64,10 @@ class SplitWriter:
         self._file.write(np.asarray(tokens, dtype=self.dtype).tobytes())
         self._offsets.append(self._offsets[-1] + len(tokens))
 
+    @property
+    def num_tokens(self) -> int:
+        return self._offsets[-1]
+
     def finish(self) -> dict:
         self._file.close()
         tmp_docs = os.path.join(self.directory, self.names[1] + _TMP)

@@ -32,8 +32,8 @@ def main(argv: Sequence[str]) -> None:
 
 def define_flags() -> None:
     flags.DEFINE_string("data", None, "Corpus: comma-separated .txt/.jsonl (field text)/.parquet "
-                        "(column text) files, .txt.gz/.jsonl.gz/.zst, globs or directories. "
-                        "Required.")
+                        "(column text) files, .txt.gz/.jsonl.gz/.zst, globs, directories, or a "
+                        "datasets save_to_disk directory (column text). Required.")
     flags.DEFINE_string("out", None, "The directory to write the shards and manifest.json to "
                         "(new, empty, or an interrupted preparation to continue). Required.")
     flags.DEFINE_string("tokenizer", None, "A SentencePiece .model to tokenize with; default: "

@@ -1,6 +1,7 @@
 """Streaming readers for `python -m data.prepare`: a corpus cut into fixed units of work (a txt
-file, a byte range of a jsonl file, a parquet row group) and the documents of one unit, read
-line by line or row group by row group, never a whole file at once.
+file, a byte range of a jsonl file, a parquet row group, an Arrow file of a `datasets`
+save_to_disk directory) and the documents of one unit, read line by line, row group by row
+group or record batch by record batch, never a whole file at once.
 
 The plan depends only on the files (their sizes and parquet metadata), so the shards made from
 it do not depend on the number of workers or their scheduling.
@@ -24,28 +25,58 @@ PIECE_CHARS = 1 << 20
 
 
 def plan_units(spec: str, unit_bytes: int) -> list[dict]:
-    """The units of work of `spec` (comma-separated files, globs, directories), in file order:
-    {"path", "kind": txt|jsonl|parquet, "start", "stop", "bytes"}; start/stop are a byte range
+    """The units of work of `spec` (comma-separated files, globs, directories, save_to_disk
+    directories), in file order: {"path", "kind": txt|jsonl|parquet|arrow, "start", "stop",
+    "bytes"}; start/stop are a byte range
     of a plain jsonl file or a row group [start, start + 1) of a parquet file."""
     if spec == "stdlib":
         raise UserError("data.prepare reads files; pass --data=FILES (the stdlib corpus needs no "
                         "preparing: train on --data=stdlib directly).")
+    units, seen = [], set()
+    for part in (p.strip() for p in spec.split(",")):
+        if part and os.path.isfile(os.path.join(part, "dataset_dict.json")):
+            raise UserError(f"{part} is a saved datasets DatasetDict; pass one split's "
+                            f"directory (e.g. {os.path.join(part, 'train')})")
+        if part and os.path.isfile(os.path.join(part, "state.json")):
+            units.extend(_saved_dataset_units(part))
+        elif part:
+            paths = [p for p in expand_spec(part, SUFFIXES) if p not in seen]
+            seen.update(paths)
+            units.extend(u for path in paths for u in _file_units(path, unit_bytes))
+    return units
+
+
+def _file_units(path: str, unit_bytes: int) -> list[dict]:
+    size = os.path.getsize(path)
+    if path.endswith(".parquet"):
+        metadata = _parquet_file(path).metadata
+        return [{"path": path, "kind": "parquet", "start": group, "stop": group + 1,
+                 "bytes": metadata.row_group(group).total_byte_size}
+                for group in range(metadata.num_row_groups)]
+    if path.endswith(".jsonl"):  # seekable: cut into byte ranges
+        return [{"path": path, "kind": "jsonl", "start": start, "stop": min(size, start + unit_bytes),
+                 "bytes": min(size, start + unit_bytes) - start}
+                for start in range(0, max(size, 1), unit_bytes)]
+    kind = "txt" if ".txt" in os.path.basename(path) else "jsonl"
+    return [{"path": path, "kind": kind, "start": 0, "stop": size, "bytes": size}]
+
+
+def _saved_dataset_units(directory: str) -> list[dict]:
+    """The Arrow files of a `datasets` save_to_disk directory, in the order state.json lists."""
+    try:
+        with open(os.path.join(directory, "state.json"), encoding="utf-8") as f:
+            files = [entry["filename"] for entry in json.load(f)["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read the datasets state.json of {directory} ({e}); pass a "
+                        f"directory that Dataset.save_to_disk wrote")
     units = []
-    for path in expand_spec(spec, SUFFIXES):
+    for name in files:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise UserError(f"{directory}/state.json lists {name}, which is missing; save the "
+                            f"dataset again")
         size = os.path.getsize(path)
-        if path.endswith(".parquet"):
-            metadata = _parquet_file(path).metadata
-            for group in range(metadata.num_row_groups):
-                units.append({"path": path, "kind": "parquet", "start": group, "stop": group + 1,
-                              "bytes": metadata.row_group(group).total_byte_size})
-        elif path.endswith(".jsonl"):  # seekable: cut into byte ranges
-            for start in range(0, max(size, 1), unit_bytes):
-                stop = min(size, start + unit_bytes)
-                units.append({"path": path, "kind": "jsonl", "start": start, "stop": stop,
-                              "bytes": stop - start})
-        else:
-            kind = "txt" if ".txt" in os.path.basename(path) else "jsonl"
-            units.append({"path": path, "kind": kind, "start": 0, "stop": size, "bytes": size})
+        units.append({"path": path, "kind": "arrow", "start": 0, "stop": size, "bytes": size})
     return units
 
 
@@ -72,7 +103,9 @@ def is_eval(digest: bytes, eval_fraction: float) -> bool:
 def documents(unit: dict) -> Iterator[Iterator[str]]:
     """The documents of `unit`, each as line-aligned pieces of text (consume each before the
     next): a txt file is one document, a jsonl line or parquet row with a "text" field one."""
-    if unit["kind"] == "parquet":
+    if unit["kind"] == "arrow":
+        yield from _arrow_documents(unit["path"])
+    elif unit["kind"] == "parquet":
         try:
             table = _parquet_file(unit["path"]).read_row_group(unit["start"], columns=["text"])
         except (OSError, ValueError, KeyError) as e:  # pyarrow's errors subclass these
@@ -99,6 +132,25 @@ def documents(unit: dict) -> Iterator[Iterator[str]]:
                 raise UserError(f'{unit["path"]} has a line with no string field "text" (in '
                                 f'bytes {unit["start"]}-{unit["stop"]}); add it to every line.')
             yield iter([record["text"]])
+
+
+def _arrow_documents(path: str) -> Iterator[Iterator[str]]:
+    """The "text" column of an Arrow stream file (what save_to_disk writes), batch by batch."""
+    import pyarrow as pa  # only arrow users pay the import
+
+    try:
+        with pa.memory_map(path) as source:
+            reader = pa.ipc.open_stream(source)
+            if "text" not in reader.schema.names:
+                raise UserError(f'{path} has no column "text"; save the text in that column')
+            for batch in reader:
+                for value in batch.column("text").to_pylist():
+                    if value is not None and not isinstance(value, str):
+                        raise UserError(f'column "text" of {path} is not a string column')
+                    if value is not None:
+                        yield iter([value])
+    except (OSError, pa.ArrowInvalid) as e:
+        raise UserError(f"cannot read the Arrow file {path} ({e}); save the dataset again")
 
 
 def _pieces(lines: Iterator[str]) -> Iterator[str]:

@@ -213,3 +213,30 @@ def test_compressed_files_read_as_their_plain_text(corpus, prepared, tmp_path):
     shards = [{k: v for k, v in _files(out).items() if k.endswith((".tokens", ".npy"))}
               for out in outs.values()]
     assert shards[0] and shards[1] == shards[0] and shards[2] == shards[0]
+
+
+def test_saved_datasets_directory_reads_as_the_same_documents(corpus, prepared, tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    with open(os.path.join(corpus, "a.jsonl"), encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f if line.strip()]
+    saved = tmp_path / "saved"  # the layout Dataset.save_to_disk writes
+    saved.mkdir()
+    schema = pa.schema([("text", pa.string())])
+    with pa.OSFile(str(saved / "data-00000-of-00001.arrow"), "wb") as sink, \
+            pa.ipc.new_stream(sink, schema) as writer:
+        for i in range(0, len(texts), 50):
+            writer.write_batch(pa.record_batch([pa.array(texts[i:i + 50])], schema=schema))
+    (saved / "state.json").write_text(json.dumps(
+        {"_data_files": [{"filename": "data-00000-of-00001.arrow"}], "_split": None}))
+    (saved / "dataset_info.json").write_text("{}")
+    outs = []
+    for i, source in enumerate((str(saved), os.path.join(corpus, "a.jsonl"))):
+        outs.append(str(tmp_path / f"out{i}"))
+        prepare_corpus(source, outs[-1], eval_fraction=EVAL, shard_mb=1.0,
+                       tokenizer=os.path.join(prepared, "tokenizer.model"))
+    arrow, jsonl = ({k: v for k, v in _files(out).items() if k.endswith((".tokens", ".npy"))}
+                    for out in outs)
+    assert arrow and arrow == jsonl

@@ -31,7 +31,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch is pinned to the CPU wheel so tests never pull a multi-GB CUDA build.
-        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.5", "import-linter>=2.1", "torch==2.13.0", "transformers>=4.45"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.5", "import-linter>=2.1", "torch==2.13.0", "transformers>=4.45", "zstandard>=0.22"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },

@@ -15,6 +15,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from data.hf_tokenizer import HFTokenizer
+from data.prepared_dataset import PreparedCorpus
 from data.sentencepiece_tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from data.shards import ShardedBatches, host_shards
 from model import sharding, store
@@ -187,7 +188,9 @@ def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
     """The workdir's tokenizer if resuming (workdir None: not resuming), else --tokenizer, else
     the --init_from run's (or imported model's), else one trained on the data (into a temp dir:
     it reaches the workdir only when the whole run has been validated) with the pieces the task
-    needs."""
+    needs. A prepared --data dir brings its own, which the others must equal."""
+    if isinstance(data, PreparedCorpus):
+        return _prepared_tokenizer(cfg, workdir, data)
     tokenizer = _find_tokenizer(workdir) if workdir else None
     if tokenizer is not None and cfg.tokenizer:
         _check_same_tokenizer(cfg, tokenizer)
@@ -224,6 +227,27 @@ def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
         finally:
             if tokenizer is None:
                 shutil.rmtree(directory, ignore_errors=True)
+    return tokenizer
+
+
+def _prepared_tokenizer(cfg: TrainConfig, workdir: str | None,
+                        data: PreparedCorpus) -> Tokenizer:
+    """The tokenizer the shards of --data were made with; a --tokenizer, or the tokenizer of the
+    run resumed in the workdir, that differs from it is refused."""
+    tokenizer = load_tokenizer(data.tokenizer_path)
+    with open(tokenizer.path, "rb") as f:
+        prepared = f.read()
+    others = [("--tokenizer=" + cfg.tokenizer, load_tokenizer(cfg.tokenizer).path)
+              if cfg.tokenizer else None]
+    resumed = _find_tokenizer(workdir) if workdir else None
+    if resumed is not None:
+        others.append((f"the tokenizer of the run in --workdir ({resumed.path})", resumed.path))
+    for what, path in filter(None, others):
+        with open(path, "rb") as f:
+            if f.read() != prepared:
+                raise UserError(f"{what} is not the tokenizer --data={cfg.data} was prepared "
+                                f"with ({data.tokenizer_path}); drop --tokenizer, or prepare "
+                                f"the data with that tokenizer, or use a new --workdir")
     return tokenizer
 
 

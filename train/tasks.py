@@ -18,10 +18,17 @@ from data.mlm import mlm_dataset, special_ids
 from data.nsp import nsp_dataset
 from data.options import StreamOptions
 from data.pipeline import packed_dataset
+from data.prepared_dataset import (
+    PreparedCorpus,
+    load_prepared,
+    prepared_dataset,
+    prepared_unigram_loss,
+)
 from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from data.seq2seq import Seq2SeqTask, seq2seq_dataset, seq2seq_task
 from data.shards import ShardedBatches, host_shards
 from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
+from data.token_shards import is_prepared
 from data.unigram import unigram_loss
 from model.config import ModelConfig
 from model.family import FAMILIES, Family, family_of
@@ -29,7 +36,8 @@ from runtime.errors import UserError
 from train import objectives
 from train.flags import TrainConfig
 
-Data = Corpus | Seq2SeqTask | ClassificationTask  # each has .train, .eval, .fingerprint
+# Each has .fingerprint; all but a prepared dir (python -m data.prepare) .train and .eval.
+Data = Corpus | Seq2SeqTask | ClassificationTask | PreparedCorpus
 DEFAULT_NUM_CLASSES = 8
 
 
@@ -49,6 +57,11 @@ class Task:
         return functools.partial(self.loss, **self.loss_options(cfg))
 
     def load_data(self, cfg: TrainConfig) -> Data:
+        if is_prepared(cfg.data):
+            if self.name != "clm":
+                raise UserError(f"--data={cfg.data} is a prepared directory, which only "
+                                f"--objective=clm reads so far; pass the raw files instead")
+            return load_prepared(cfg.data)
         if self.kind == "pairs":
             return seq2seq_task(cfg.data, eval_fraction=cfg.eval_fraction)
         if self.kind == "labels":
@@ -110,6 +123,8 @@ class Task:
         options = StreamOptions(batch_size=cfg.batch_size // shard_count, seed=cfg.seed,
                                 shuffle=train or self.kind != "text", repeat=train,
                                 shard_index=shard_index, shard_count=shard_count)
+        if isinstance(data, PreparedCorpus):  # load_data admits it for clm alone
+            return prepared_dataset(data, split, options, length=cfg.seq_len + 1)
         items = data.train if train else data.eval
         batches = self.reads or self.name
         if batches == "clm":
@@ -136,6 +151,8 @@ class Task:
     def baseline(self, tokenizer: Tokenizer, data: Data) -> dict[str, Any]:
         """What a model that ignores its input reaches, for config.json and the console: the
         unigram loss of the predicted text, or the majority-class accuracy."""
+        if isinstance(data, PreparedCorpus):
+            return {"unigram_loss": prepared_unigram_loss(data)}
         if self.kind == "labels":
             return {"majority_accuracy": data.majority_accuracy(),
                     "label_names": data.label_names}

@@ -115,17 +115,29 @@ def synthetic_prepared(directory: str, tokenizer_path: str, mtokens: float, seed
     return manifest
 
 
+# Peak RSS through a small wrapper: Linux keeps the exec'ing process's old memory high-water
+# mark in ru_maxrss, and Python spawns with vfork, so a direct child would report at least this
+# process's own peak. The wrapper's children are measured from the wrapper's (small) footprint.
+_WRAPPER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+            "open(sys.argv[1], 'w').write(str(resource.getrusage("
+            "resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)")
+
+
 def run_child(args: list[str]) -> dict:
-    """Runs `python -m ...args` alone; its wall time and peak RSS (wait4's ru_maxrss, KiB)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise UserError(f"python -m {' '.join(args)} failed: {stderr.strip()[-800:]}")
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_mb": usage.ru_maxrss / 1024,
+    """Runs `python -m ...args` alone; its wall time, CPU time and peak RSS (ru_maxrss)."""
+    with tempfile.NamedTemporaryFile(suffix=".maxrss") as f:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, f.name, sys.executable, "-m",
+                                 *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        stderr = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise UserError(f"python -m {' '.join(args)} failed: {stderr.strip()[-800:]}")
+        maxrss_kib = int(f.read())
+    return {"wall_s": wall, "peak_rss_mb": maxrss_kib / 1024,
             "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
@@ -307,8 +319,9 @@ def measure(tmp: str) -> dict:
             "notes": "prepared corpora: synthetic random token ids and document lengths (50-4000 "
                      "tokens) written through data/token_shards.SplitWriter, not tokenized text; "
                      "raw and prepare corpora: generated pseudo-word jsonl; tokenizer: "
-                     "SentencePiece trained on that text. Peak RSS: wait4 ru_maxrss of each child "
-                     "run alone. Loader: one grain reader thread, tokens per CPU-second of the "
+                     "SentencePiece trained on that text. Peak RSS: ru_maxrss of each child run "
+                     "alone, measured by a wrapper process. Loader: one grain reader thread, "
+                     "tokens per CPU-second of the "
                      "process as tokens/s per core; prepare wall times include process start."}
 
 

@@ -84,6 +84,8 @@ def _row(reader: SplitReader, window: int, length: int) -> Batch:
     begin = np.maximum.accumulate(np.where(starts, np.arange(size), 0))
     positions = (np.arange(size) - begin).astype(np.int32)
     row = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+    if size == length:  # every row but the last of a one-pass split: np.pad costs 40% of a row
+        return row
     return {k: np.pad(v, (0, length - size)) for k, v in row.items()}
 
 

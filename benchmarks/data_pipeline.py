@@ -8,6 +8,7 @@ SentencePiece tokenizer trained on generated text so train accepts them. The tex
 """
 
 import cProfile
+import dataclasses
 import json
 import os
 import pstats
@@ -24,7 +25,7 @@ from absl import flags
 from benchmarks.record import results_path, save_run
 from data import token_shards
 from data.options import StreamOptions
-from data.prepared_dataset import _row, load_prepared, prepared_dataset
+from data.prepared_dataset import load_prepared, prepared_dataset, read_batch
 from data.sentencepiece_tokenizer import load_tokenizer, train_tokenizer
 from runtime.command import run_command
 from runtime.errors import UserError
@@ -155,7 +156,8 @@ def train_memory(data: str, work: str, tokenizer: str = "") -> dict:
 
 def loader_speed(directory: str) -> dict:
     """Packed, shuffled train batches from the prepared shards, one reader thread, after warm-up;
-    tokens/s of wall time and of this process's CPU time; plus the stages alone."""
+    tokens/s of wall time and of this process's CPU time; plus the stages alone (reading random
+    batches of windows, and that plus segments and positions) and two profiles."""
     corpus, length = load_prepared(directory), FLAGS.seq_len + 1
     options = StreamOptions(batch_size=FLAGS.batch_size, seed=0, num_threads=1)
     it = iter(prepared_dataset(corpus, "train", options, length=length))
@@ -171,29 +173,35 @@ def loader_speed(directory: str) -> dict:
         checked += int(batch["tokens"].shape == (FLAGS.batch_size, length))
     tokens = FLAGS.loader_batches * FLAGS.batch_size * length
     reader = corpus.reader("train")
-    starts = np.random.default_rng(0).integers(0, reader.num_tokens // length,
-                                               FLAGS.loader_batches * FLAGS.batch_size) * length
+    windows = np.random.default_rng(0).integers(0, reader.num_tokens // length,
+                                                (FLAGS.loader_batches, FLAGS.batch_size))
     t0 = time.perf_counter()
-    for s in starts:
-        reader.window(int(s), length)
+    for w in windows:
+        reader.windows(w * length, length)
     window_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for s in starts:
-        _row(reader, int(s) // length, length)
-    row_s = time.perf_counter() - t0
+    for w in windows:
+        read_batch(reader, w, length, FLAGS.batch_size)
+    batch_s = time.perf_counter() - t0
+    # cProfile sees only its own thread: the whole pipeline is profiled with no reader thread.
+    unthreaded = iter(prepared_dataset(corpus, "train", dataclasses.replace(options, num_threads=0),
+                                       length=length))
+    profiled = min(FLAGS.loader_batches, 500)
     return {"tokens_per_batch": FLAGS.batch_size * length, "batches": FLAGS.loader_batches,
             "batch_shape_ok": checked == FLAGS.repeats,
             "wall_tokens_per_s": _spread([tokens / w for w in walls]),
             "cpu_tokens_per_s": _spread([tokens / c for c in cpus]),
             "tokens_per_s_per_core": tokens / statistics.median(cpus),
-            "window_only_tokens_per_s": tokens / window_s, "row_only_tokens_per_s": tokens / row_s,
+            "window_only_tokens_per_s": tokens / window_s,
+            "batch_only_tokens_per_s": tokens / batch_s,
             "bytes_per_token_delivered": 12,
-            "row_profile": _profile(lambda: [_row(reader, int(s) // length, length)
-                                             for s in starts[:4000]])}
+            "batch_profile": _profile(lambda: [read_batch(reader, w, length, FLAGS.batch_size)
+                                               for w in windows[:profiled]]),
+            "pipeline_profile": _profile(lambda: [next(unthreaded) for _ in range(profiled)])}
 
 
 def _profile(work) -> list[str]:
-    """The top functions by own time of `work()`: where a row's time goes."""
+    """The top functions by own time of `work()`: where its time goes."""
     profiler = cProfile.Profile()
     profiler.runcall(work)
     stats = pstats.Stats(profiler)
@@ -321,8 +329,10 @@ def measure(tmp: str) -> dict:
                      "raw and prepare corpora: generated pseudo-word jsonl; tokenizer: "
                      "SentencePiece trained on that text. Peak RSS: ru_maxrss of each child run "
                      "alone, measured by a wrapper process. Loader: one grain reader thread, "
-                     "tokens per CPU-second of the "
-                     "process as tokens/s per core; prepare wall times include process start."}
+                     "tokens per CPU-second of the process as tokens/s per core; window_only and "
+                     "batch_only: SplitReader.windows and read_batch alone on random batches; "
+                     "pipeline_profile: the loader with no reader thread (cProfile sees one "
+                     "thread); prepare wall times include process start."}
 
 
 if __name__ == "__main__":

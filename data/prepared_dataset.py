@@ -1,5 +1,5 @@
 """Causal-LM batches from a prepared directory (`python -m data.prepare`): a grain MapDataset of
-fixed windows over the memory-mapped token shards, so memory does not grow with the corpus.
+batches of fixed windows over the memory-mapped token shards; memory does not grow with the corpus.
 
 A split's shards are one flat stream of EOS-terminated documents; row i is the window of tokens
 [i * length, (i + 1) * length), its segment ids and positions restarting at every document start
@@ -51,7 +51,8 @@ def prepared_dataset(corpus: PreparedCorpus, split: str, options: StreamOptions,
     """Batches of int32[batch_size, length] tokens, segment_ids, positions of data shard
     `options.shard_index`: it reads windows [shard_index::shard_count] of the split, shuffled by
     the seed (a new order every epoch) when `options.shuffle`. repeat=False: one pass in order,
-    the last window and batch padded with zeros (segment_ids 0)."""
+    the last window and batch padded with zeros (segment_ids 0). The iterator's JSON state is the
+    number of batches read."""
     reader = corpus.reader(split)
     if options.repeat:
         windows = reader.num_tokens // length
@@ -66,34 +67,32 @@ def prepared_dataset(corpus: PreparedCorpus, split: str, options: StreamOptions,
         ds = ds.shuffle(seed=options.seed)
     if options.repeat:
         ds = ds.repeat(None)
-    ds = ds.map(lambda window: _row(reader, int(window), length))
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=options.num_threads,
-                                              prefetch_buffer_size=max(16, 2 * options.batch_size)))
+    # grain batches the window indices and maps whole batches: its cost per element (several
+    # layers of Python per index, a future per item) is paid once per row only in the indices.
     ds = ds.batch(options.batch_size, drop_remainder=options.repeat)
-    if not options.repeat:
-        ds = ds.map(lambda batch: _pad_batch(batch, options.batch_size))
-    return ds
+    ds = ds.map(lambda windows: read_batch(reader, windows, length, options.batch_size))
+    # Each reader thread a batch in hand and one ahead; more buys nothing (tokens are read, not
+    # computed) and holds memory.
+    return ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=options.num_threads, prefetch_buffer_size=max(2, 2 * options.num_threads)))
 
 
-def _row(reader: SplitReader, window: int, length: int) -> Batch:
-    start = window * length
-    size = min(length, reader.num_tokens - start)
-    tokens, starts = reader.window(start, size)
-    starts[0] = True  # a window inside a document starts a new segment there
-    segment_ids = np.cumsum(starts).astype(np.int32)
-    begin = np.maximum.accumulate(np.where(starts, np.arange(size), 0))
-    positions = (np.arange(size) - begin).astype(np.int32)
-    row = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
-    if size == length:  # every row but the last of a one-pass split: np.pad costs 40% of a row
-        return row
-    return {k: np.pad(v, (0, length - size)) for k, v in row.items()}
-
-
-def _pad_batch(batch: Batch, batch_size: int) -> Batch:
-    missing = batch_size - batch["tokens"].shape[0]
-    if missing == 0:
-        return batch
-    return {k: np.pad(v, ((0, missing), (0, 0))) for k, v in batch.items()}
+def read_batch(reader: SplitReader, windows: np.ndarray, length: int, batch_size: int) -> Batch:
+    """Rows `windows` (int[rows], rows <= batch_size) of the split, zero rows after them: one
+    read of every window and one pass over the 2-D arrays for segments and positions."""
+    starts = np.full(batch_size, reader.num_tokens, dtype=np.int64)  # the end: reads nothing
+    starts[:len(windows)] = np.asarray(windows, dtype=np.int64) * length
+    tokens, doc_starts = reader.windows(starts, length)
+    doc_starts[:, 0] = True  # a window inside a document starts a new segment there
+    segment_ids = np.cumsum(doc_starts, axis=1, dtype=np.int32)
+    column = np.arange(length, dtype=np.int32)
+    positions = column - np.maximum.accumulate(np.where(doc_starts, column, 0), axis=1)
+    sizes = np.minimum(reader.num_tokens - starts, length)
+    if sizes.min() < length:  # the last window of one pass, or padding rows
+        padding = column >= sizes[:, None]
+        segment_ids[padding] = 0
+        positions[padding] = 0
+    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
 
 
 def prepared_unigram_loss(corpus: PreparedCorpus) -> float:

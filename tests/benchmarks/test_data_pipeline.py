@@ -32,10 +32,10 @@ def test_smoke_run_records_every_measurement(tmp_path):
     assert math.isfinite(memory["prepared_rss_diff_mb"])
     loader = run["loader"]
     assert loader["batch_shape_ok"]
-    for key in ("tokens_per_s_per_core", "window_only_tokens_per_s", "row_only_tokens_per_s",
+    for key in ("tokens_per_s_per_core", "window_only_tokens_per_s", "batch_only_tokens_per_s",
                 "cpu_bandwidth_bytes_per_s", "fraction_of_bandwidth"):
         assert _positive(loader[key]), key
-    assert loader["row_profile"]
+    assert loader["batch_profile"] and loader["pipeline_profile"]
     prepare = run["prepare"]
     assert _positive(prepare["encode_tokens_per_s"]["median"])
     for workers in ("1", "2"):

@@ -210,8 +210,18 @@ def _profile(work) -> list[str]:
     return [f"{100 * v[2] / total:.0f}% {os.path.basename(k[0])}:{k[1]} {k[2]}" for k, v in top]
 
 
+def _machine_busy_s() -> float:
+    """CPU-seconds every process of this machine has run since boot (/proc/stat: all but idle
+    and iowait; steal counts, the hypervisor gave that time to someone else)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def prepare_speed(text_path: str, tokenizer_path: str, tmp: str) -> dict:
-    """data.prepare with 1 and 2 workers against sentencepiece encode of the same documents."""
+    """data.prepare with 1 and 2 workers against sentencepiece encode of the same documents;
+    for each run the cores its process tree used and those the rest of the machine kept busy
+    (on a shared host another tenant's load caps what 2 workers can gain)."""
     tok = load_tokenizer(tokenizer_path)
     with open(text_path, encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f]
@@ -226,19 +236,24 @@ def prepare_speed(text_path: str, tokenizer_path: str, tmp: str) -> dict:
               "encoded_tokens": expected, "encode_tokens_per_s": _spread(
                   [expected / s for s in encode_s]), "shard_mb": shard_mb, "workers": {}}
     for workers in (1, 2):
-        runs, counts = [], set()
+        runs, cores, others, counts = [], [], [], set()
         for r in range(FLAGS.repeats):
             out = os.path.join(tmp, f"prepared-w{workers}-{r}")
+            busy = _machine_busy_s()
             run = run_child(["data.prepare", f"--data={text_path}", f"--out={out}",
                              f"--tokenizer={tokenizer_path}", f"--num_workers={workers}",
                              f"--shard_mb={shard_mb}"])
+            busy = _machine_busy_s() - busy
             manifest = token_shards.read_manifest(out, checksums=False)
             counts.add(sum(manifest["num_tokens"].values()))
             shutil.rmtree(out)
             runs.append(run["wall_s"])
+            cores.append(run["cpu_s"] / run["wall_s"])
+            others.append((busy - run["cpu_s"]) / run["wall_s"])
         rate = expected / statistics.median(runs)
         result["workers"][str(workers)] = {
-            "wall_s": _spread(runs), "tokens": sorted(counts), "tokens_per_s": rate,
+            "wall_s": _spread(runs), "cores_used": _spread(cores),
+            "other_load_cores": _spread(others), "tokens": sorted(counts), "tokens_per_s": rate,
             "tokens_per_s_per_worker": rate / workers,
             "ratio_to_encode": rate / workers / encode_rate,
             "tokens_equal_encoded": counts == {expected}}
@@ -332,7 +347,9 @@ def measure(tmp: str) -> dict:
                      "tokens per CPU-second of the process as tokens/s per core; window_only and "
                      "batch_only: SplitReader.windows and read_batch alone on random batches; "
                      "pipeline_profile: the loader with no reader thread (cProfile sees one "
-                     "thread); prepare wall times include process start."}
+                     "thread); prepare wall times include process start; cores_used: the "
+                     "data.prepare process tree's CPU-seconds per wall second, other_load_cores: "
+                     "the rest of the machine's busy CPU (/proc/stat) per wall second."}
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ def test_smoke_run_records_every_measurement(tmp_path):
         w = prepare["workers"][workers]
         assert w["tokens_equal_encoded"] and w["tokens"] == [prepare["encoded_tokens"]]
         assert _positive(w["tokens_per_s_per_worker"]) and _positive(w["ratio_to_encode"])
+        assert _positive(w["cores_used"]["median"])
+        assert math.isfinite(w["other_load_cores"]["median"])
     assert _positive(prepare["scaling_1_to_2"])
     assert set(run["met"]) == {"memory", "loader", "prepare"}
     assert not (tmp_path / "scratch" / "prepared-large").exists()  # big dirs removed as it goes

@@ -32,8 +32,9 @@ KILL_IN_SHARD_ENV = "MESHLM_PREPARE_KILL_IN_SHARD"
 
 def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int = 4096,
                    eval_fraction: float = 0.02, num_workers: int = 1,
-                   shard_mb: float = 64.0) -> dict:
-    """Prepares `spec` into the directory `out` and returns its manifest (see token_shards)."""
+                   shard_mb: float = 64.0, extra_symbols: tuple[str, ...] = ()) -> dict:
+    """Prepares `spec` into the directory `out` and returns its manifest (see token_shards).
+    `extra_symbols`: pieces a trained tokenizer gets (BERT's, T5's sentinels)."""
     if not 0.0 < eval_fraction < 1.0:
         raise UserError(f"--eval_fraction must be in (0, 1), got {eval_fraction}; pass e.g. 0.02")
     if num_workers < 1 or shard_mb <= 0:
@@ -45,6 +46,8 @@ def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int 
     settings = {"data": spec, "eval_fraction": eval_fraction, "shard_bytes": shard_bytes,
                 "tokenizer_sha256": given_sha, "vocab_size": None if tokenizer else vocab_size,
                 "inputs": [[u["path"], u["kind"], u["start"], u["stop"]] for u in units]}
+    if extra_symbols and not tokenizer:  # absent otherwise: directories made before still match
+        settings["extra_symbols"] = list(extra_symbols)
     if token_shards.is_finished(out):
         manifest = token_shards.read_manifest(out, checksums=False)
         if manifest["settings"] != settings:
@@ -68,7 +71,7 @@ def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int 
         os.makedirs(out, exist_ok=True)
         token_shards.remove_temporaries(out)
         token_shards.write_progress(out, progress)
-        tok = _tokenizer(out, tokenizer, units, eval_fraction, vocab_size, progress)
+        tok = _tokenizer(out, tokenizer, units, settings, progress)
         return _build(out, tok, units, settings, progress, num_workers)
     except UserError:
         if fresh:  # a refused first run leaves nothing behind
@@ -80,7 +83,7 @@ def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int 
         raise
 
 
-def _tokenizer(out: str, given: str, units: list[dict], eval_fraction: float, vocab_size: int,
+def _tokenizer(out: str, given: str, units: list[dict], settings: dict,
                progress: dict) -> Tokenizer:
     """out/tokenizer.model: a copy of `given`, the one an interrupted run trained, or a new one."""
     path = os.path.join(out, token_shards.TOKENIZER)
@@ -92,13 +95,15 @@ def _tokenizer(out: str, given: str, units: list[dict], eval_fraction: float, vo
             g.write(f.read())
         tokenizer = load_tokenizer(path)
     else:
-        tokenizer = train_tokenizer(_tokenizer_sample(units, eval_fraction), vocab_size, path)
+        tokenizer = train_tokenizer(tokenizer_sample(units, settings["eval_fraction"]),
+                                    settings["vocab_size"], path,
+                                    extra_symbols=tuple(settings.get("extra_symbols", ())))
     progress["tokenizer_sha256"] = token_shards.file_sha256(path)
     token_shards.write_progress(out, progress)
     return tokenizer
 
 
-def _tokenizer_sample(units: list[dict], eval_fraction: float) -> list[str]:
+def tokenizer_sample(units: list[dict], eval_fraction: float) -> list[str]:
     """The training documents `sample(corpus.train, MAX_TRAIN_CHARS)` would pick, kept while
     streaming: those of smallest hash worth the budget, in corpus order (as sample wants)."""
     heap: list[tuple[bytes, int, str]] = []  # (inverted hash: a max-heap, index, text)

@@ -233,15 +233,19 @@ def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
 def _prepared_tokenizer(cfg: TrainConfig, workdir: str | None,
                         data: PreparedCorpus) -> Tokenizer:
     """The tokenizer the shards of --data were made with; a --tokenizer, or the tokenizer of the
-    run resumed in the workdir, that differs from it is refused."""
+    run resumed in the workdir, of the teacher or of --init_from, that differs from it is
+    refused (their token ids would mean other pieces)."""
     tokenizer = load_tokenizer(data.tokenizer_path)
     with open(tokenizer.path, "rb") as f:
         prepared = f.read()
     others = [("--tokenizer=" + cfg.tokenizer, load_tokenizer(cfg.tokenizer).path)
               if cfg.tokenizer else None]
-    resumed = _find_tokenizer(workdir) if workdir else None
-    if resumed is not None:
-        others.append((f"the tokenizer of the run in --workdir ({resumed.path})", resumed.path))
+    for what, directory in (("the tokenizer of the run in --workdir", workdir),
+                            (f"the tokenizer of --teacher={cfg.teacher}", cfg.teacher),
+                            (f"the tokenizer of --init_from={cfg.init_from}", cfg.init_from)):
+        found = _find_tokenizer(directory) if directory else None
+        if found is not None:
+            others.append((f"{what} ({found.path})", found.path))
     for what, path in filter(None, others):
         with open(path, "rb") as f:
             if f.read() != prepared:
@@ -300,7 +304,7 @@ def prepare(cfg: TrainConfig) -> Run:
         if tokenizer.eos_id < 0:  # only an imported tokenizer can lack one; documents end in it
             raise UserError(f"tokenizer {tokenizer.path!r} has no end-of-sequence token; name "
                             f"one as eos_token in the tokenizer_config.json beside it")
-        task.check_tokenizer(tokenizer)
+        task.check_tokenizer(tokenizer, data)
         model_cfg = _resolve_model(cfg, task, data, tokenizer, model_cfg, pretrained, previous,
                                    sized=teacher is not None)
         ownership.check_space(cfg, workdir, model_cfg)

@@ -17,13 +17,8 @@ from data.corpus import Corpus, load_corpus
 from data.mlm import mlm_dataset, special_ids
 from data.nsp import nsp_dataset
 from data.options import StreamOptions
-from data.pipeline import packed_dataset
-from data.prepared_dataset import (
-    PreparedCorpus,
-    load_prepared,
-    prepared_dataset,
-    prepared_unigram_loss,
-)
+from data.pipeline import PreparedSplit, packed_rows
+from data.prepared_dataset import PreparedCorpus, load_prepared, prepared_unigram_loss
 from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from data.seq2seq import Seq2SeqTask, seq2seq_dataset, seq2seq_task
 from data.shards import ShardedBatches, host_shards
@@ -39,6 +34,9 @@ from train.flags import TrainConfig
 # Each has .fingerprint; all but a prepared dir (python -m data.prepare) .train and .eval.
 Data = Corpus | Seq2SeqTask | ClassificationTask | PreparedCorpus
 DEFAULT_NUM_CLASSES = 8
+# The batches made from packed token rows, which a prepared directory's windows give as well:
+# NSP needs whole documents to pair chunks, classify and seq2seq their own examples.
+PREPARED_READERS = ("clm", "mlm", "span")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +56,10 @@ class Task:
 
     def load_data(self, cfg: TrainConfig) -> Data:
         if is_prepared(cfg.data):
-            if self.name != "clm":
-                raise UserError(f"--data={cfg.data} is a prepared directory, which only "
-                                f"--objective=clm reads so far; pass the raw files instead")
+            if (self.reads or self.name) not in PREPARED_READERS:
+                raise UserError(f"--data={cfg.data} is a prepared directory (token windows), "
+                                f"which --objective={'/'.join(PREPARED_READERS)} read; "
+                                f"--objective={self.name} needs the raw files")
             return load_prepared(cfg.data)
         if self.kind == "pairs":
             return seq2seq_task(cfg.data, eval_fraction=cfg.eval_fraction)
@@ -80,12 +79,20 @@ class Task:
             return [example.text for example in data.train]
         return data.train
 
-    def check_tokenizer(self, tokenizer: Tokenizer) -> None:
+    def check_tokenizer(self, tokenizer: Tokenizer, data: Data) -> None:
         """A UserError if the tokenizer lacks the pieces this task's batches need."""
-        if BERT_SYMBOLS[0] in self.extra_symbols:
-            special_ids(tokenizer)
-        if SENTINELS[0] in self.extra_symbols:
-            sentinel_ids(tokenizer)
+        try:
+            if BERT_SYMBOLS[0] in self.extra_symbols:
+                special_ids(tokenizer)
+            if SENTINELS[0] in self.extra_symbols:
+                sentinel_ids(tokenizer)
+        except UserError:
+            if not isinstance(data, PreparedCorpus):
+                raise
+            flag = "--bert_symbols" if BERT_SYMBOLS[0] in self.extra_symbols else "--sentinels"
+            raise UserError(f"--data={data.directory} was prepared with a tokenizer that lacks "
+                            f"the pieces --objective={self.name} needs; prepare it again with "
+                            f"python -m data.prepare {flag} (or a --tokenizer that has them)")
 
     def check_family(self, model: ModelConfig, what: str) -> None:
         family = family_of(model)
@@ -123,12 +130,13 @@ class Task:
         options = StreamOptions(batch_size=cfg.batch_size // shard_count, seed=cfg.seed,
                                 shuffle=train or self.kind != "text", repeat=train,
                                 shard_index=shard_index, shard_count=shard_count)
-        if isinstance(data, PreparedCorpus):  # load_data admits it for clm alone
-            return prepared_dataset(data, split, options, length=cfg.seq_len + 1)
-        items = data.train if train else data.eval
+        if isinstance(data, PreparedCorpus):  # load_data admits it for PREPARED_READERS
+            items = PreparedSplit(data, split)
+        else:
+            items = data.train if train else data.eval
         batches = self.reads or self.name
         if batches == "clm":
-            return packed_dataset(items, tokenizer, options, length=cfg.seq_len + 1)
+            return packed_rows(items, tokenizer, options, length=cfg.seq_len + 1)
         if batches == "mlm":
             return mlm_dataset(items, tokenizer, options, length=cfg.seq_len,
                                mask_rate=cfg.mask_rate)

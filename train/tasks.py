@@ -23,6 +23,7 @@ from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from data.seq2seq import Seq2SeqTask, seq2seq_dataset, seq2seq_task
 from data.shards import ShardedBatches, host_shards
 from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
+from data.token_cache import RawText, raw_text
 from data.token_shards import is_prepared
 from data.unigram import unigram_loss
 from model.config import ModelConfig
@@ -31,11 +32,13 @@ from runtime.errors import UserError
 from train import objectives
 from train.flags import TrainConfig
 
-# Each has .fingerprint; all but a prepared dir (python -m data.prepare) .train and .eval.
-Data = Corpus | Seq2SeqTask | ClassificationTask | PreparedCorpus
+# Each has .fingerprint; all but a prepared dir (python -m data.prepare) .train and .eval. Raw
+# files of a text objective (RawText) become a PreparedCorpus once the tokenizer is known.
+Data = Corpus | Seq2SeqTask | ClassificationTask | PreparedCorpus | RawText
 DEFAULT_NUM_CLASSES = 8
-# The batches made from packed token rows, which a prepared directory's windows give as well:
-# NSP needs whole documents to pair chunks, classify and seq2seq their own examples.
+# The batches made from packed token rows, which a prepared directory's windows give as well
+# (raw files of these objectives are tokenized into one: data/token_cache.py). NSP needs whole
+# documents to pair chunks, classify and seq2seq their own examples.
 PREPARED_READERS = ("clm", "mlm", "span")
 
 
@@ -69,10 +72,14 @@ class Task:
                 return classification_task("stdlib", num_classes=num_classes,
                                            eval_fraction=cfg.eval_fraction)
             return classification_task(cfg.data, eval_fraction=cfg.eval_fraction)
+        if cfg.data != "stdlib" and (self.reads or self.name) in PREPARED_READERS:
+            return raw_text(cfg.data, cfg.eval_fraction)  # tokenized into shards: see prepare
         return load_corpus(cfg.data, cfg.eval_fraction)
 
     def tokenizer_texts(self, data: Data) -> list[str]:
         """The text a tokenizer for this task is trained on."""
+        if isinstance(data, RawText):
+            return data.tokenizer_texts()
         if self.kind == "pairs":
             return [text for pair in data.train for text in pair]
         if self.kind == "labels":

@@ -4,14 +4,13 @@ Of the chosen tokens 80% become [MASK], 10% a random ordinary token and 10% stay
 """
 
 import dataclasses
-from collections.abc import Sequence
 
 import grain
 import numpy as np
 
 from data.examples import derived_seed
 from data.options import StreamOptions
-from data.pipeline import packed_dataset
+from data.pipeline import TextSource, packed_rows
 from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from runtime.errors import UserError
 
@@ -108,14 +107,15 @@ def check_mask_rate(rate: float) -> None:
 
 
 def mlm_dataset(
-    texts: Sequence[str],
+    texts: TextSource,
     tokenizer: Tokenizer,
     options: StreamOptions,
     *,
     length: int,
     mask_rate: float = MASK_RATE,
 ) -> grain.IterDataset:
-    """Masked-LM batches of data shard's share of `texts`, packed as in `packed_dataset`.
+    """Masked-LM batches of data shard's share of `texts` (documents, or a prepared split),
+    packed as in `packed_rows`.
 
     Each element is a dict of int32[batch_size, length] arrays:
       tokens: the masked inputs (see `mask_tokens`); 0 on padding.
@@ -131,7 +131,7 @@ def mlm_dataset(
     check_mask_rate(mask_rate)
     specials = special_ids(tokenizer)
     all_special, random_ids = specials.all(), ordinary_ids(tokenizer.vocab_size, specials)
-    ds = packed_dataset(texts, tokenizer, options, length=length)
+    ds = packed_rows(texts, tokenizer, options, length=length)
 
     def mask(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         tokens = batch["tokens"]

@@ -3,6 +3,7 @@
 Deterministic under a seed and checkpointable: `iter(ds).get_state()` is JSON and restores exactly.
 """
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,10 +11,32 @@ import grain
 import numpy as np
 
 from data.options import StreamOptions
+from data.prepared_dataset import PreparedCorpus, prepared_dataset
 from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
 Batch = dict[str, np.ndarray]  # tokens, segment_ids, positions: int32[batch, length]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedSplit:
+    """One split ("train" or "eval") of a prepared directory: text already tokenized."""
+
+    corpus: PreparedCorpus
+    split: str
+
+
+# What packed rows are made from: documents to tokenize here, or a prepared split.
+TextSource = Sequence[str] | PreparedSplit
+
+
+def packed_rows(source: TextSource, tokenizer: Tokenizer, options: StreamOptions, *,
+                length: int) -> grain.IterDataset:
+    """The packed batches of `packed_dataset` from documents, or of `prepared_dataset` from a
+    prepared split (the same keys and segment/position rules): what mlm and span corrupt."""
+    if isinstance(source, PreparedSplit):
+        return prepared_dataset(source.corpus, source.split, options, length=length)
+    return packed_dataset(source, tokenizer, options, length=length)
 
 
 def packed_dataset(

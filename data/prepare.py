@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from absl import flags
 
 from data.prepare_job import prepare_corpus
+from data.sentencepiece_tokenizer import BERT_SYMBOLS
+from data.span import SENTINELS
 from runtime.command import run_command
 from runtime.errors import UserError
 
@@ -21,9 +23,14 @@ def main(argv: Sequence[str]) -> None:
         raise UserError("--out=DIR is required: the directory to write the prepared data to")
     if args.tokenizer and args["vocab_size"].present:
         raise UserError("pass --tokenizer=PATH or --vocab_size=N (to train one), not both")
+    extra = (BERT_SYMBOLS if args.bert_symbols else ()) + (SENTINELS if args.sentinels else ())
+    if extra and args.tokenizer:
+        raise UserError("--bert_symbols/--sentinels add pieces to the tokenizer data.prepare "
+                        "trains; a --tokenizer brings its own pieces: drop one or the other")
     manifest = prepare_corpus(args.data, args.out, tokenizer=args.tokenizer or "",
                               vocab_size=args.vocab_size, eval_fraction=args.eval_fraction,
-                              num_workers=args.num_workers, shard_mb=args.shard_mb)
+                              num_workers=args.num_workers, shard_mb=args.shard_mb,
+                              extra_symbols=extra)
     tokens, docs = manifest["num_tokens"], manifest["num_documents"]
     print(f"prepared {args.out}: {len(manifest['shards'])} shards, train {docs['train']} "
           f"documents / {tokens['train']} tokens, eval {docs['eval']} documents / "
@@ -46,6 +53,10 @@ def define_flags() -> None:
                          "on it (default 1).")
     flags.DEFINE_float("shard_mb", 64.0, "Input megabytes (MiB) per output shard, the unit of "
                        "work and of restart (default 64).")
+    flags.DEFINE_bool("bert_symbols", False, "Train the tokenizer with [MASK]/[CLS]/[SEP] pieces, "
+                      "which --objective=mlm needs.")
+    flags.DEFINE_bool("sentinels", False, "Train the tokenizer with T5's <extra_id_N> sentinel "
+                      "pieces, which --objective=span needs.")
     flags.mark_flag_as_required("data")
 
 

@@ -30,21 +30,32 @@ KILL_AFTER_ENV = "MESHLM_PREPARE_KILL_AFTER"
 KILL_IN_SHARD_ENV = "MESHLM_PREPARE_KILL_IN_SHARD"
 
 
+class OneSidedSplit(UserError):
+    """The split by document hash left the train or the eval split empty (a tiny corpus)."""
+
+
 def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int = 4096,
                    eval_fraction: float = 0.02, num_workers: int = 1,
-                   shard_mb: float = 64.0) -> dict:
-    """Prepares `spec` into the directory `out` and returns its manifest (see token_shards)."""
+                   shard_mb: float = 64.0, extra_symbols: tuple[str, ...] = (),
+                   show_progress: bool | None = True) -> dict:
+    """Prepares `spec` into the directory `out` and returns its manifest (see token_shards).
+    `extra_symbols`: pieces a trained tokenizer gets (BERT's, T5's sentinels). `show_progress`:
+    the bar on stderr (None: only when stderr is a terminal)."""
     if not 0.0 < eval_fraction < 1.0:
         raise UserError(f"--eval_fraction must be in (0, 1), got {eval_fraction}; pass e.g. 0.02")
     if num_workers < 1 or shard_mb <= 0:
         raise UserError(f"--num_workers must be >= 1 and --shard_mb > 0, got {num_workers} and "
                         f"{shard_mb}")
     shard_bytes = max(1, int(shard_mb * (1 << 20)))
-    units = prepare_sources.plan_units(spec, shard_bytes)
+    units = prepare_sources.split_one_document(prepare_sources.plan_units(spec, shard_bytes),
+                                               eval_fraction)
     given_sha = token_shards.file_sha256(load_tokenizer(tokenizer).path) if tokenizer else None
     settings = {"data": spec, "eval_fraction": eval_fraction, "shard_bytes": shard_bytes,
                 "tokenizer_sha256": given_sha, "vocab_size": None if tokenizer else vocab_size,
-                "inputs": [[u["path"], u["kind"], u["start"], u["stop"]] for u in units]}
+                "inputs": [[u["path"], u["kind"], u["start"], u["stop"],
+                            *([u["train_lines"]] if "train_lines" in u else [])] for u in units]}
+    if extra_symbols and not tokenizer:  # absent otherwise: directories made before still match
+        settings["extra_symbols"] = list(extra_symbols)
     if token_shards.is_finished(out):
         manifest = token_shards.read_manifest(out, checksums=False)
         if manifest["settings"] != settings:
@@ -68,8 +79,8 @@ def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int 
         os.makedirs(out, exist_ok=True)
         token_shards.remove_temporaries(out)
         token_shards.write_progress(out, progress)
-        tok = _tokenizer(out, tokenizer, units, eval_fraction, vocab_size, progress)
-        return _build(out, tok, units, settings, progress, num_workers)
+        tok = _tokenizer(out, tokenizer, units, settings, progress)
+        return _build(out, tok, units, settings, progress, num_workers, show_progress)
     except UserError:
         if fresh:  # a refused first run leaves nothing behind
             if existed:
@@ -80,7 +91,7 @@ def prepare_corpus(spec: str, out: str, *, tokenizer: str = "", vocab_size: int 
         raise
 
 
-def _tokenizer(out: str, given: str, units: list[dict], eval_fraction: float, vocab_size: int,
+def _tokenizer(out: str, given: str, units: list[dict], settings: dict,
                progress: dict) -> Tokenizer:
     """out/tokenizer.model: a copy of `given`, the one an interrupted run trained, or a new one."""
     path = os.path.join(out, token_shards.TOKENIZER)
@@ -92,33 +103,40 @@ def _tokenizer(out: str, given: str, units: list[dict], eval_fraction: float, vo
             g.write(f.read())
         tokenizer = load_tokenizer(path)
     else:
-        tokenizer = train_tokenizer(_tokenizer_sample(units, eval_fraction), vocab_size, path)
+        tokenizer = train_tokenizer(tokenizer_sample(units, settings["eval_fraction"])[0],
+                                    settings["vocab_size"], path,
+                                    extra_symbols=tuple(settings.get("extra_symbols", ())))
     progress["tokenizer_sha256"] = token_shards.file_sha256(path)
     token_shards.write_progress(out, progress)
     return tokenizer
 
 
-def _tokenizer_sample(units: list[dict], eval_fraction: float) -> list[str]:
+def tokenizer_sample(units: list[dict], eval_fraction: float) -> tuple[list[str], dict]:
     """The training documents `sample(corpus.train, MAX_TRAIN_CHARS)` would pick, kept while
-    streaming: those of smallest hash worth the budget, in corpus order (as sample wants)."""
+    streaming: those of smallest hash worth the budget, in corpus order (as sample wants); and
+    how many non-blank documents each split has."""
     heap: list[tuple[bytes, int, str]] = []  # (inverted hash: a max-heap, index, text)
-    total, index = 0, 0
+    total, index, counts = 0, 0, dict.fromkeys(token_shards.SPLITS, 0)
     for unit in units:
-        for pieces in prepare_sources.documents(unit):
+        for ordinal, pieces in enumerate(prepare_sources.documents(unit)):
             text = "".join(pieces)
             digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest()
-            if not text.strip() or prepare_sources.is_eval(digest, eval_fraction):
+            split = prepare_sources.split_of(unit, ordinal, digest, eval_fraction)
+            if not text.strip():
+                continue
+            counts[split] += 1
+            if split == "eval":
                 continue
             heapq.heappush(heap, (bytes(255 - b for b in digest), index, text))
             total += len(text)
             index += 1
             while heap and total - len(heap[0][2]) >= MAX_TRAIN_CHARS:
                 total -= len(heapq.heappop(heap)[2])
-    return [text for _, _, text in sorted(heap, key=lambda item: item[1])]
+    return [text for _, _, text in sorted(heap, key=lambda item: item[1])], counts
 
 
 def _build(out: str, tokenizer: Tokenizer, units: list[dict], settings: dict, progress: dict,
-           num_workers: int) -> dict:
+           num_workers: int, show_progress: bool | None) -> dict:
     shards = prepare_sources.group_units(units, settings["shard_bytes"])
     done: dict = progress["done"]
     for key in list(done):  # a recorded shard whose files are gone is built again
@@ -132,7 +150,8 @@ def _build(out: str, tokenizer: Tokenizer, units: list[dict], settings: dict, pr
     jobs = [(i, shards[i], out, tokenizer.path, settings["eval_fraction"]) for i in todo]
     start, tokens = time.monotonic(), [0]
     with tqdm(total=total_bytes, initial=sum(done[k]["input_bytes"] for k in done), unit="B",
-              unit_scale=True, desc="prepare", mininterval=1.0) as bar:
+              unit_scale=True, desc="prepare", mininterval=1.0,
+              disable=None if show_progress is None else not show_progress) as bar:
 
         def report(input_bytes: int, unit_tokens: int) -> None:  # after every unit
             tokens[0] += unit_tokens
@@ -202,7 +221,7 @@ def _build_shard(job: tuple) -> dict:
     try:
         for unit in units:
             before = sum(w.num_tokens for w in writers.values())
-            for pieces in prepare_sources.documents(unit):
+            for ordinal, pieces in enumerate(prepare_sources.documents(unit)):
                 digest, parts, blank = hashlib.sha1(), [], True
                 for piece in pieces:
                     digest.update(piece.encode("utf-8", "surrogatepass"))
@@ -212,7 +231,7 @@ def _build_shard(job: tuple) -> dict:
                     continue  # as load_corpus drops blank documents
                 digest = digest.digest()
                 source.update(digest)
-                split = "eval" if prepare_sources.is_eval(digest, eval_fraction) else "train"
+                split = prepare_sources.split_of(unit, ordinal, digest, eval_fraction)
                 writers[split].add(np.concatenate([*parts, eos]))
                 if kill:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -232,8 +251,12 @@ def _finish(out: str, tokenizer: Tokenizer, settings: dict, shards: list[dict]) 
     if not counts["train"] + counts["eval"]:
         raise UserError(f"corpus {settings['data']!r} has no non-empty documents; point it at "
                         f"files with text")
+    if counts["train"] + counts["eval"] == 1:
+        raise OneSidedSplit(f"corpus {settings['data']!r} has one document, too short to split: "
+                        f"a one-document corpus (one .txt file) needs at least two lines to "
+                        f"hold some out for eval; add text or documents")
     if not counts["train"] or not counts["eval"]:
-        raise UserError(f"--eval_fraction={settings['eval_fraction']} puts {counts['eval']} of "
+        raise OneSidedSplit(f"--eval_fraction={settings['eval_fraction']} puts {counts['eval']} of "
                         f"{counts['train'] + counts['eval']} documents in the held-out split; "
                         f"both splits need some: change --eval_fraction or add documents")
     source = hashlib.sha256(b"".join(bytes.fromhex(e["source_sha256"]) for e in shards))

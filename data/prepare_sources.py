@@ -9,6 +9,7 @@ it do not depend on the number of workers or their scheduling.
 
 import gzip
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -44,6 +45,37 @@ def plan_units(spec: str, unit_bytes: int) -> list[dict]:
             seen.update(paths)
             units.extend(u for path in paths for u in _file_units(path, unit_bytes))
     return units
+
+
+def split_one_document(units: list[dict], eval_fraction: float) -> list[dict]:
+    """A corpus of one .txt file is one document, which a split by document cannot divide: as
+    data/corpus.py does, its last ~eval_fraction of lines (at least one) are held out instead.
+    The unit then carries "train_lines" and `documents` gives its two parts."""
+    if len(units) != 1 or units[0]["kind"] != "txt":
+        return units
+    lines = _count_lines(units[0])
+    if lines < 2:
+        return units  # blank, or nothing to hold out: data.prepare's count checks say which
+    held_out = min(lines - 1, max(1, round(lines * eval_fraction)))
+    return [{**units[0], "train_lines": lines - held_out}]
+
+
+def _count_lines(unit: dict) -> int:
+    """Lines of the file ("\n"-terminated, and a last one without), read in blocks."""
+    count, last = 0, b"\n"
+    with _open(unit["path"]) as f:
+        while block := f.read(1 << 22):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def split_of(unit: dict, ordinal: int, digest: bytes, eval_fraction: float) -> str:
+    """"train" or "eval" for document number `ordinal` of `unit`, whose text has sha1 `digest`:
+    by the hash (`is_eval`), or by position in a one-document corpus (`split_one_document`)."""
+    if "train_lines" in unit:
+        return "train" if ordinal == 0 else "eval"
+    return "eval" if is_eval(digest, eval_fraction) else "train"
 
 
 def _file_units(path: str, unit_bytes: int) -> list[dict]:
@@ -102,7 +134,8 @@ def is_eval(digest: bytes, eval_fraction: float) -> bool:
 
 def documents(unit: dict) -> Iterator[Iterator[str]]:
     """The documents of `unit`, each as line-aligned pieces of text (consume each before the
-    next): a txt file is one document, a jsonl line or parquet row with a "text" field one."""
+    next): a txt file is one document (two with "train_lines"), a jsonl line or parquet row
+    with a "text" field one."""
     if unit["kind"] == "arrow":
         yield from _arrow_documents(unit["path"])
     elif unit["kind"] == "parquet":
@@ -117,6 +150,10 @@ def documents(unit: dict) -> Iterator[Iterator[str]]:
                                 f'store text there.')
             if value is not None:
                 yield iter([value])
+    elif unit["kind"] == "txt" and "train_lines" in unit:
+        lines = _lines(unit)  # one reader: the held-out part continues where training's ended
+        yield _pieces(itertools.islice(lines, unit["train_lines"]))
+        yield _pieces(lines)
     elif unit["kind"] == "txt":
         yield _pieces(_lines(unit))
     else:

@@ -37,10 +37,10 @@ class PreparedCorpus:
         return SplitReader(self.directory, self.manifest, split)
 
 
-def load_prepared(directory: str) -> PreparedCorpus:
-    """The prepared `directory`; a UserError if a shard is missing, truncated or damaged (every
-    file's sha256 is checked: one pass over the data at the start of a run)."""
-    manifest = read_manifest(directory, checksums=True)
+def load_prepared(directory: str, checksums: bool = True) -> PreparedCorpus:
+    """The prepared `directory`; a UserError if a shard is missing, truncated or (with
+    `checksums`) damaged: every file's sha256 is checked, one pass over the data."""
+    manifest = read_manifest(directory, checksums=checksums)
     fingerprint = {**manifest["source"], "python": platform.python_version(),
                    "prepared": directory}
     return PreparedCorpus(directory=directory, manifest=manifest, fingerprint=fingerprint)

@@ -7,14 +7,12 @@ ids past the tokenizer's end, and a span-pretrained workdir's tokenizer serves s
 unchanged. (T5 itself puts them at the top of a vocabulary larger than its SentencePiece model.)
 """
 
-from collections.abc import Sequence
-
 import grain
 import numpy as np
 
 from data.examples import derived_seed, pad_row
 from data.options import StreamOptions
-from data.pipeline import packed_dataset
+from data.pipeline import TextSource, packed_rows
 from data.sentencepiece_tokenizer import Tokenizer
 from runtime.errors import UserError
 
@@ -102,7 +100,7 @@ def corrupt(
 
 
 def span_dataset(
-    texts: Sequence[str],
+    texts: TextSource,
     tokenizer: Tokenizer,
     options: StreamOptions,
     *,
@@ -111,13 +109,14 @@ def span_dataset(
     noise_density: float = NOISE_DENSITY,
     mean_span_length: float = MEAN_SPAN_LENGTH,
 ) -> grain.IterDataset:
-    """Span-corruption batches of data shard's share of `texts`, in the keys of
-    data/seq2seq.py `seq2seq_dataset` (so the seq2seq objective trains on them):
+    """Span-corruption batches of data shard's share of `texts` (documents, or a prepared
+    split), in the keys of data/seq2seq.py `seq2seq_dataset` (so the seq2seq objective trains
+    on them):
       encoder_tokens, encoder_segment_ids, encoder_positions: int32[batch_size, length], the kept
         tokens with a sentinel per span, then EOS; one segment per row.
       decoder_inputs, decoder_targets, decoder_segment_ids, decoder_positions, decoder_weights:
         int32[batch_size, target_length]; targets = sentinel, span, sentinel, span, ..., EOS.
-    Rows are the packed rows of `packed_dataset` with `raw_length(length)` tokens, corrupted as a
+    Rows are the packed rows of `packed_rows` with `raw_length(length)` tokens, corrupted as a
     whole across document boundaries (as T5 does; each document still ends in EOS).
     `target_length` 0 takes the length a full row needs. The masks depend on (seed, shard, batch
     number): deterministic, new every epoch, and `iter(ds).get_state()` (JSON) resumes exactly.
@@ -137,7 +136,7 @@ def span_dataset(
         )
     sentinels = sentinel_ids(tokenizer)
     bos, eos = np.int32(tokenizer.bos_id), np.int32(tokenizer.eos_id)
-    ds = packed_dataset(texts, tokenizer, options, length=raw)
+    ds = packed_rows(texts, tokenizer, options, length=raw)
 
     def row(tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if len(tokens) < 2:  # a padding row of a last eval batch: nothing to score

@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from data.token_cache import release
 from model import sharding
 from model.family import build_model, family_of
 from runtime.hardware import peak_flops
@@ -123,6 +124,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         return _train(run, model, tx, schedule, abstract, shardings, checkpointer, resumed, extra)
     finally:
         checkpointer.close()  # waits for an async save in flight: the last checkpoint is whole
+        release(run.data)  # raw files' temporary token shards
 
 
 def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Checkpointer,

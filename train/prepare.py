@@ -18,6 +18,7 @@ from data.hf_tokenizer import HFTokenizer
 from data.prepared_dataset import PreparedCorpus
 from data.sentencepiece_tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from data.shards import ShardedBatches, host_shards
+from data.token_cache import RawText, release
 from model import sharding, store
 from model.config import ModelConfig, get_preset
 from model.family import family_of
@@ -92,7 +93,8 @@ class Run:
         # Rerunning flags.txt must resume this run, never delete it again.
         cfg = self.cfg.replace(overwrite=False)
         config = {"flags": cfg.to_flags(), "model": self.model.to_dict(),
-                  "corpus": self.data.fingerprint, **extra}
+                  "corpus": {**self.data.fingerprint, "stream": stream_kind(self.data)},
+                  **extra}
         store.write_config(self.workdir, config)
         with atomic_write(os.path.join(self.workdir, "flags.txt")) as f:
             f.write(flagfile_text(cfg))
@@ -233,15 +235,19 @@ def _tokenizer(cfg: TrainConfig, workdir: str | None, task: Task, data: Data,
 def _prepared_tokenizer(cfg: TrainConfig, workdir: str | None,
                         data: PreparedCorpus) -> Tokenizer:
     """The tokenizer the shards of --data were made with; a --tokenizer, or the tokenizer of the
-    run resumed in the workdir, that differs from it is refused."""
+    run resumed in the workdir, of the teacher or of --init_from, that differs from it is
+    refused (their token ids would mean other pieces)."""
     tokenizer = load_tokenizer(data.tokenizer_path)
     with open(tokenizer.path, "rb") as f:
         prepared = f.read()
     others = [("--tokenizer=" + cfg.tokenizer, load_tokenizer(cfg.tokenizer).path)
               if cfg.tokenizer else None]
-    resumed = _find_tokenizer(workdir) if workdir else None
-    if resumed is not None:
-        others.append((f"the tokenizer of the run in --workdir ({resumed.path})", resumed.path))
+    for what, directory in (("the tokenizer of the run in --workdir", workdir),
+                            (f"the tokenizer of --teacher={cfg.teacher}", cfg.teacher),
+                            (f"the tokenizer of --init_from={cfg.init_from}", cfg.init_from)):
+        found = _find_tokenizer(directory) if directory else None
+        if found is not None:
+            others.append((f"{what} ({found.path})", found.path))
     for what, path in filter(None, others):
         with open(path, "rb") as f:
             if f.read() != prepared:
@@ -267,6 +273,30 @@ def _check_same_tokenizer(cfg: TrainConfig, resumed: Tokenizer | HFTokenizer) ->
     raise UserError(f"--tokenizer={cfg.tokenizer} ({given.vocab_size} pieces) is not the "
                     f"tokenizer of the run in --workdir ({resumed.path}, {resumed.vocab_size} "
                     f"pieces); drop --tokenizer to resume, or use a new --workdir or --overwrite")
+
+
+def _check_same_stream(previous: dict | None, data: Data) -> None:
+    """A resumed run must read the kind of stream its checkpointed iterator position is in:
+    packed documents (the stdlib, and raw files before they were tokenized into shards) or
+    windows of token shards."""
+    if not previous or "corpus" not in previous:
+        return
+    recorded = previous["corpus"]
+    before = recorded.get("stream") or ("windows" if "prepared" in recorded else "packed")
+    now = stream_kind(data)
+    if before != now:
+        raise UserError(f"the run in --workdir read its data ({recorded.get('source')}) as "
+                        f"{_STREAMS[before]}, this one would read {_STREAMS[now]}: the data "
+                        f"position in its checkpoint cannot carry over; start a new --workdir "
+                        f"or pass --overwrite")
+
+
+_STREAMS = {"packed": "packed documents", "windows": "windows of token shards"}
+
+
+def stream_kind(data: Data) -> str:
+    """What the data iterator's position counts: windows of token shards, or packed documents."""
+    return "windows" if isinstance(data, PreparedCorpus) else "packed"
 
 
 def prepare(cfg: TrainConfig) -> Run:
@@ -300,7 +330,10 @@ def prepare(cfg: TrainConfig) -> Run:
         if tokenizer.eos_id < 0:  # only an imported tokenizer can lack one; documents end in it
             raise UserError(f"tokenizer {tokenizer.path!r} has no end-of-sequence token; name "
                             f"one as eos_token in the tokenizer_config.json beside it")
-        task.check_tokenizer(tokenizer)
+        task.check_tokenizer(tokenizer, data)
+        if isinstance(data, RawText):  # tokenized once now: memory stays flat (token_cache)
+            data = data.tokenize(tokenizer)
+        _check_same_stream(previous, data)
         model_cfg = _resolve_model(cfg, task, data, tokenizer, model_cfg, pretrained, previous,
                                    sized=teacher is not None)
         ownership.check_space(cfg, workdir, model_cfg)
@@ -321,6 +354,7 @@ def prepare(cfg: TrainConfig) -> Run:
             distributed.barrier("meshlm: the overwritten run is deleted")
     except BaseException:
         discard_temp_tokenizer(tokenizer)
+        release(data)
         raise
     # Only now, so that a refused run prints its one error line and nothing else.
     if previous and previous.get("corpus", {}).get("sha256") != data.fingerprint["sha256"]:

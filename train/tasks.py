@@ -17,17 +17,13 @@ from data.corpus import Corpus, load_corpus
 from data.mlm import mlm_dataset, special_ids
 from data.nsp import nsp_dataset
 from data.options import StreamOptions
-from data.pipeline import packed_dataset
-from data.prepared_dataset import (
-    PreparedCorpus,
-    load_prepared,
-    prepared_dataset,
-    prepared_unigram_loss,
-)
+from data.pipeline import PreparedSplit, packed_rows
+from data.prepared_dataset import PreparedCorpus, load_prepared, prepared_unigram_loss
 from data.sentencepiece_tokenizer import BERT_SYMBOLS, Tokenizer
 from data.seq2seq import Seq2SeqTask, seq2seq_dataset, seq2seq_task
 from data.shards import ShardedBatches, host_shards
 from data.span import SENTINELS, raw_length, sentinel_ids, span_dataset
+from data.token_cache import RawText, raw_text
 from data.token_shards import is_prepared
 from data.unigram import unigram_loss
 from model.config import ModelConfig
@@ -36,9 +32,14 @@ from runtime.errors import UserError
 from train import objectives
 from train.flags import TrainConfig
 
-# Each has .fingerprint; all but a prepared dir (python -m data.prepare) .train and .eval.
-Data = Corpus | Seq2SeqTask | ClassificationTask | PreparedCorpus
+# Each has .fingerprint; all but a prepared dir (python -m data.prepare) .train and .eval. Raw
+# files of a text objective (RawText) become a PreparedCorpus once the tokenizer is known.
+Data = Corpus | Seq2SeqTask | ClassificationTask | PreparedCorpus | RawText
 DEFAULT_NUM_CLASSES = 8
+# The batches made from packed token rows, which a prepared directory's windows give as well
+# (raw files of these objectives are tokenized into one: data/token_cache.py). NSP needs whole
+# documents to pair chunks, classify and seq2seq their own examples.
+PREPARED_READERS = ("clm", "mlm", "span")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +59,10 @@ class Task:
 
     def load_data(self, cfg: TrainConfig) -> Data:
         if is_prepared(cfg.data):
-            if self.name != "clm":
-                raise UserError(f"--data={cfg.data} is a prepared directory, which only "
-                                f"--objective=clm reads so far; pass the raw files instead")
+            if (self.reads or self.name) not in PREPARED_READERS:
+                raise UserError(f"--data={cfg.data} is a prepared directory (token windows), "
+                                f"which --objective={'/'.join(PREPARED_READERS)} read; "
+                                f"--objective={self.name} needs the raw files")
             return load_prepared(cfg.data)
         if self.kind == "pairs":
             return seq2seq_task(cfg.data, eval_fraction=cfg.eval_fraction)
@@ -70,22 +72,34 @@ class Task:
                 return classification_task("stdlib", num_classes=num_classes,
                                            eval_fraction=cfg.eval_fraction)
             return classification_task(cfg.data, eval_fraction=cfg.eval_fraction)
+        if cfg.data != "stdlib" and (self.reads or self.name) in PREPARED_READERS:
+            return raw_text(cfg.data, cfg.eval_fraction)  # tokenized into shards: see prepare
         return load_corpus(cfg.data, cfg.eval_fraction)
 
     def tokenizer_texts(self, data: Data) -> list[str]:
         """The text a tokenizer for this task is trained on."""
+        if isinstance(data, RawText):
+            return data.tokenizer_texts()
         if self.kind == "pairs":
             return [text for pair in data.train for text in pair]
         if self.kind == "labels":
             return [example.text for example in data.train]
         return data.train
 
-    def check_tokenizer(self, tokenizer: Tokenizer) -> None:
+    def check_tokenizer(self, tokenizer: Tokenizer, data: Data) -> None:
         """A UserError if the tokenizer lacks the pieces this task's batches need."""
-        if BERT_SYMBOLS[0] in self.extra_symbols:
-            special_ids(tokenizer)
-        if SENTINELS[0] in self.extra_symbols:
-            sentinel_ids(tokenizer)
+        try:
+            if BERT_SYMBOLS[0] in self.extra_symbols:
+                special_ids(tokenizer)
+            if SENTINELS[0] in self.extra_symbols:
+                sentinel_ids(tokenizer)
+        except UserError:
+            if not isinstance(data, PreparedCorpus):
+                raise
+            flag = "--bert_symbols" if BERT_SYMBOLS[0] in self.extra_symbols else "--sentinels"
+            raise UserError(f"--data={data.directory} was prepared with a tokenizer that lacks "
+                            f"the pieces --objective={self.name} needs; prepare it again with "
+                            f"python -m data.prepare {flag} (or a --tokenizer that has them)")
 
     def check_family(self, model: ModelConfig, what: str) -> None:
         family = family_of(model)
@@ -123,12 +137,13 @@ class Task:
         options = StreamOptions(batch_size=cfg.batch_size // shard_count, seed=cfg.seed,
                                 shuffle=train or self.kind != "text", repeat=train,
                                 shard_index=shard_index, shard_count=shard_count)
-        if isinstance(data, PreparedCorpus):  # load_data admits it for clm alone
-            return prepared_dataset(data, split, options, length=cfg.seq_len + 1)
-        items = data.train if train else data.eval
+        if isinstance(data, PreparedCorpus):  # load_data admits it for PREPARED_READERS
+            items = PreparedSplit(data, split)
+        else:
+            items = data.train if train else data.eval
         batches = self.reads or self.name
         if batches == "clm":
-            return packed_dataset(items, tokenizer, options, length=cfg.seq_len + 1)
+            return packed_rows(items, tokenizer, options, length=cfg.seq_len + 1)
         if batches == "mlm":
             return mlm_dataset(items, tokenizer, options, length=cfg.seq_len,
                                mask_rate=cfg.mask_rate)

@@ -193,6 +193,11 @@ def test_out_holding_other_files_and_empty_corpus_are_refused(corpus, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and lines[-1].startswith("error: "), result.stderr[-1000:]
         assert not os.path.exists(out)
+    result = _command(f"--data={corpus}", f"--out={out}", "--bert_symbols",
+                      f"--tokenizer={tmp_path / 'none.model'}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "--bert_symbols/--sentinels" in lines[-1], lines[-2:]
+    assert not os.path.exists(out)
 
 
 def test_compressed_files_read_as_their_plain_text(corpus, prepared, tmp_path):

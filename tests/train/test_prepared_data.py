@@ -11,8 +11,11 @@ import jax
 import numpy as np
 import pytest
 
+from data.options import StreamOptions
 from data.prepare_job import prepare_corpus
-from data.sentencepiece_tokenizer import train_tokenizer
+from data.prepared_dataset import load_prepared, prepared_dataset
+from data.sentencepiece_tokenizer import BERT_SYMBOLS, train_tokenizer
+from data.span import SENTINELS
 from model.family import build_model
 from runtime.errors import UserError
 from tests.data.generated_corpus import VOCAB, documents_in_order, write_corpus
@@ -33,6 +36,16 @@ def prepared(tmp_path_factory):
     corpus = write_corpus(str(tmp_path_factory.mktemp("corpus")))
     out = str(tmp_path_factory.mktemp("prepared") / "out")
     prepare_corpus(corpus, out, vocab_size=VOCAB, eval_fraction=0.1, shard_mb=0.004)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared_symbols(tmp_path_factory):
+    """Prepared with a tokenizer that has BERT's pieces and T5's sentinels."""
+    corpus = write_corpus(str(tmp_path_factory.mktemp("corpus")))
+    out = str(tmp_path_factory.mktemp("prepared") / "out")
+    prepare_corpus(corpus, out, vocab_size=VOCAB + 128, eval_fraction=0.1, shard_mb=0.004,
+                   extra_symbols=BERT_SYMBOLS + SENTINELS)
     return out
 
 
@@ -89,7 +102,10 @@ def test_bad_prepared_data_is_refused(prepared, tmp_path):
     texts = documents_in_order(write_corpus(str(tmp_path / "c"), seed=1))
     other = train_tokenizer(texts, VOCAB + 8, str(tmp_path / "o.model"))
     assert "not the tokenizer" in _refused(cfg.replace(tokenizer=other.path))
-    assert "only --objective=clm" in _refused(cfg.replace(objective="mlm", preset="tiny_bert"))
+    assert "lacks the pieces --objective=mlm needs; prepare it again with python -m data.prepare " \
+        "--bert_symbols" in _refused(cfg.replace(objective="mlm", preset="tiny_bert"))
+    assert "--objective=mlm_nsp needs the raw files" in _refused(
+        cfg.replace(objective="mlm_nsp", preset="tiny_bert"))
     damaged = str(tmp_path / "damaged")
     shutil.copytree(prepared, damaged)
     with open(os.path.join(damaged, "train-00000.tokens"), "r+b") as f:
@@ -116,3 +132,59 @@ def test_cli_refuses_a_truncated_shard_in_one_line(prepared, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and lines[-1].startswith("error: shard file"), lines[-3:]
     assert "truncated" in lines[-1] and not os.path.exists(workdir)
+
+
+def _windows(directory, length, batches):
+    """The clm rows of the prepared train split in the order the runs below read them."""
+    options = StreamOptions(batch_size=8, seed=0, shuffle=True, repeat=True)
+    it = iter(prepared_dataset(load_prepared(directory), "train", options, length=length))
+    return [next(it) for _ in range(batches)]
+
+
+def test_mlm_reads_the_prepared_windows_and_masks_them(prepared_symbols, tmp_path):
+    cfg = BASE.replace(data=prepared_symbols, workdir=str(tmp_path / "w"), steps=1,
+                       objective="mlm", preset="tiny_bert")
+    run = prepare(cfg)
+    it = iter(run.train_data)
+    for rows in _windows(prepared_symbols, cfg.seq_len, 3):
+        batch = next(it)
+        weights = batch["weights"].astype(bool)
+        assert weights.any() and not weights[rows["segment_ids"] == 0].any()
+        # Unmasked positions are the window; masked ones predict exactly its tokens there.
+        original = np.where(weights, batch["targets"], batch["tokens"])
+        np.testing.assert_array_equal(original, rows["tokens"])
+        np.testing.assert_array_equal(batch["segment_ids"], rows["segment_ids"])
+        np.testing.assert_array_equal(batch["positions"], rows["positions"])
+        assert 0.05 < weights.sum() / (rows["segment_ids"] > 0).sum() < 0.3
+
+
+def test_span_corrupts_the_prepared_windows(prepared_symbols, tmp_path):
+    cfg = BASE.replace(data=prepared_symbols, workdir=str(tmp_path / "w"), steps=1,
+                       objective="span", preset="tiny_t5")
+    run = prepare(cfg)
+    sentinels = {run.tokenizer.piece_id(p) for p in SENTINELS}
+    it = iter(run.train_data)
+    restored_tokens = 0
+    for rows in _windows(prepared_symbols, _raw_length(cfg), 2):
+        batch = next(it)
+        for r in range(8):
+            enc = batch["encoder_tokens"][r][batch["encoder_segment_ids"][r] > 0][:-1]
+            dec = batch["decoder_targets"][r][batch["decoder_weights"][r] > 0][:-1]
+            # Re-insert every span after its sentinel: the window comes back, token for token.
+            spans, current = {}, None
+            for t in dec:
+                if int(t) in sentinels:
+                    current = int(t)
+                    spans[current] = []
+                else:
+                    spans[current].append(int(t))
+            restored = [x for t in enc for x in (spans[int(t)] if int(t) in sentinels else [int(t)])]
+            raw = rows["tokens"][r][rows["segment_ids"][r] > 0]
+            assert restored == raw.tolist()
+            restored_tokens += len(restored)
+    assert restored_tokens == 2 * 8 * _raw_length(cfg)  # full rows: documents run across them
+
+
+def _raw_length(cfg):
+    from data.span import raw_length
+    return raw_length(cfg.seq_len, cfg.noise_density, cfg.mean_span_length)[0]

@@ -7,6 +7,7 @@ done so far, while preparing), tokenizer.model, and per shard i and split s ("tr
 (int64[num_documents + 1] offsets into the tokens file, starting at 0).
 """
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -175,9 +176,10 @@ def read_manifest(directory: str, checksums: bool = True) -> dict:
                         f"were made with; prepare the data again.")
     for entry in manifest["shards"]:  # every file's presence and size first: they are cheap
         check_shard(directory, entry, checksums=False)
-    if checksums:
-        for entry in manifest["shards"]:
-            check_shard(directory, entry, checksums=True)
+    if checksums:  # hashlib releases the GIL: threads read and hash several shards at once
+        with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(lambda entry: check_shard(directory, entry, checksums=True),
+                          manifest["shards"]))
     return manifest
 
 

@@ -282,7 +282,9 @@ def _check_same_stream(previous: dict | None, data: Data) -> None:
     if not previous or "corpus" not in previous:
         return
     recorded = previous["corpus"]
-    before = recorded.get("stream") or ("windows" if "prepared" in recorded else "packed")
+    # Unrecorded: a run from before the stream kinds were; on a prepared dir its position
+    # counted rows, not the batches it counts now.
+    before = recorded.get("stream") or ("rows" if "prepared" in recorded else "packed")
     now = stream_kind(data)
     if before != now:
         raise UserError(f"the run in --workdir read its data ({recorded.get('source')}) as "
@@ -291,7 +293,8 @@ def _check_same_stream(previous: dict | None, data: Data) -> None:
                         f"or pass --overwrite")
 
 
-_STREAMS = {"packed": "packed documents", "windows": "windows of token shards"}
+_STREAMS = {"packed": "packed documents", "windows": "windows of token shards",
+            "rows": "windows of token shards counted by row (meshlm before 2026-12-07)"}
 
 
 def stream_kind(data: Data) -> str:

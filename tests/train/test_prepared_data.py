@@ -188,3 +188,17 @@ def test_span_corrupts_the_prepared_windows(prepared_symbols, tmp_path):
 def _raw_length(cfg):
     from data.span import raw_length
     return raw_length(cfg.seq_len, cfg.noise_density, cfg.mean_span_length)[0]
+
+
+def test_a_run_whose_position_counted_rows_is_not_resumed(prepared, tmp_path):
+    cfg = BASE.replace(data=prepared, workdir=str(tmp_path / "w"), steps=2)
+    train(cfg)
+    path = os.path.join(cfg.workdir, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    assert config["corpus"]["stream"] == "windows"
+    del config["corpus"]["stream"]  # as the meshlm before batch-counted positions wrote it
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(UserError, match="counted by row"):
+        prepare(cfg.replace(steps=4))

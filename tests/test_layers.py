@@ -16,7 +16,7 @@ PACKAGES = ("runtime", "model", "data", "train", "infer", "benchmarks", "experim
 
 def _lint(cwd: str) -> subprocess.CompletedProcess:
     return subprocess.run([shutil.which("lint-imports") or "lint-imports", "--no-cache"],
-                          cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+                          cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
 def _contracts() -> dict:

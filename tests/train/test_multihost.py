@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from data.corpus import load_corpus
+from data.prepared_dataset import PreparedCorpus
 from data.options import StreamOptions
 from data.pipeline import packed_dataset
 from data.sentencepiece_tokenizer import load_tokenizer, train_tokenizer
@@ -132,7 +133,8 @@ def test_checkpoint_of_two_processes_restores_in_one(runs):
         assert int(state_two["step"]) == step
         # The place in each shard, whichever processes read it.
         assert data_two == data_one and data_two["data_shards"] == 2
-        assert data_two["shards"][0] != data_two["shards"][1]
+        # Each shard's own stream: windows of token shards, `step` batches read from each.
+        assert data_two["shards"] == [{"next_index": step}] * 2
 
 
 def _continue(inputs, processes: str, workdir, steps: int) -> None:
@@ -201,8 +203,9 @@ def test_one_process_reads_the_global_batches_of_two(inputs):
     rows then host 1's."""
     cfg = TrainConfig(**{**FLAGS, **inputs, "workdir": "unused"})
     task = get_task("clm")
-    data = task.load_data(cfg)
     tokenizer = load_tokenizer(inputs["tokenizer"])
+    data = task.load_data(cfg).tokenize(tokenizer)  # raw files: into temporary token shards
+    assert isinstance(data, PreparedCorpus)
     one = iter(task.dataset(cfg, data, tokenizer, "train"))
     hosts = [iter(task.dataset(cfg, data, tokenizer, "train", i, 2)) for i in range(2)]
     for _ in range(3):

@@ -11,7 +11,6 @@ import heapq
 import multiprocessing
 import os
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,11 +22,6 @@ from data import prepare_sources, token_shards
 from data.sentencepiece_tokenizer import MAX_TRAIN_CHARS, Tokenizer, load_tokenizer, train_tokenizer
 from runtime.errors import UserError
 from runtime.files import atomic_write
-
-# Test hooks (tests/data): SIGKILL the job right after it has recorded this many shards, or
-# while it writes shard number KILL_IN_SHARD_ENV (after that shard's first document).
-KILL_AFTER_ENV = "MESHLM_PREPARE_KILL_AFTER"
-KILL_IN_SHARD_ENV = "MESHLM_PREPARE_KILL_IN_SHARD"
 
 
 class OneSidedSplit(UserError):
@@ -146,7 +140,6 @@ def _build(out: str, tokenizer: Tokenizer, units: list[dict], settings: dict, pr
             del done[key]
     todo = [i for i in range(len(shards)) if str(i) not in done]
     total_bytes = sum(u["bytes"] for u in units)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
     jobs = [(i, shards[i], out, tokenizer.path, settings["eval_fraction"]) for i in todo]
     start, tokens = time.monotonic(), [0]
     with tqdm(total=total_bytes, initial=sum(done[k]["input_bytes"] for k in done), unit="B",
@@ -159,11 +152,9 @@ def _build(out: str, tokenizer: Tokenizer, units: list[dict], settings: dict, pr
             bar.set_postfix(tokens_per_s=f"{tokens[0] / max(time.monotonic() - start, 1e-9):.0f}",
                             refresh=False)
 
-        for n, entry in enumerate(_run_jobs(jobs, num_workers, report), 1):
+        for entry in _run_jobs(jobs, num_workers, report):
             done[str(entry["index"])] = entry
             token_shards.write_progress(out, progress)  # after the shard's rename
-            if kill_after and n >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
     return _finish(out, tokenizer, settings, [done[str(i)] for i in range(len(shards))])
 
 
@@ -217,7 +208,6 @@ def _build_shard(job: tuple) -> dict:
     eos = np.asarray([tokenizer.eos_id], dtype=np.int32)
     writers = {s: token_shards.SplitWriter(out, s, index, dtype) for s in token_shards.SPLITS}
     source = hashlib.sha256()
-    kill = os.environ.get(KILL_IN_SHARD_ENV) == str(index)
     try:
         for unit in units:
             before = sum(w.num_tokens for w in writers.values())
@@ -233,8 +223,6 @@ def _build_shard(job: tuple) -> dict:
                 source.update(digest)
                 split = prepare_sources.split_of(unit, ordinal, digest, eval_fraction)
                 writers[split].add(np.concatenate([*parts, eos]))
-                if kill:
-                    os.kill(os.getpid(), signal.SIGKILL)
             if _REPORT is not None:
                 _REPORT(unit["bytes"], sum(w.num_tokens for w in writers.values()) - before)
     except BaseException:

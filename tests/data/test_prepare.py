@@ -11,7 +11,7 @@ import pytest
 
 from data.corpus import load_corpus
 from data.options import StreamOptions
-from data.prepare_job import KILL_AFTER_ENV, KILL_IN_SHARD_ENV, prepare_corpus
+from data.prepare_job import prepare_corpus
 from data.prepared_dataset import load_prepared, prepared_dataset
 from data.sentencepiece_tokenizer import load_tokenizer, train_tokenizer
 from data.token_shards import SplitReader, read_manifest
@@ -89,11 +89,42 @@ def test_one_and_two_workers_are_byte_identical(corpus, prepared, tmp_path):
     assert set(one) == set(two)
 
 
+# python -m data.prepare in a child that SIGKILLs itself at a chosen moment: right after
+# progress.json records its 2nd shard ("after"), or after the first document of shard 1 is
+# written ("in_shard"). The job is patched here, in the child, so the product has no test hook.
+_KILLED_CHILD = """
+import os, runpy, signal, sys
+from data import token_shards
+mode = sys.argv.pop(1)
+if mode == "after":
+    write = token_shards.write_progress
+    def write_then_die(directory, progress):
+        write(directory, progress)
+        if len(progress["done"]) >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    token_shards.write_progress = write_then_die
+else:
+    add = token_shards.SplitWriter.add
+    def add_then_die(self, tokens):
+        add(self, tokens)
+        if self.names[0].endswith("-00001.tokens"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    token_shards.SplitWriter.add = add_then_die
+sys.argv[0] = "data.prepare"
+runpy.run_module("data.prepare", run_name="__main__", alter_sys=True)
+"""
+
+
+def _killed(mode, *args):
+    return subprocess.run([sys.executable, "-c", _KILLED_CHILD, mode, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
 def test_killed_and_rerun_equals_an_uninterrupted_run(corpus, prepared, tmp_path):
     out = str(tmp_path / "killed")
     args = [f"--data={corpus}", f"--out={out}", f"--vocab_size={VOCAB}",
             f"--eval_fraction={EVAL}", f"--shard_mb={SHARD_MB}"]
-    killed = _command(*args, env={**os.environ, KILL_AFTER_ENV: "2"})
+    killed = _killed("after", *args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert os.path.exists(os.path.join(out, "progress.json"))
     assert not os.path.exists(os.path.join(out, "manifest.json"))
@@ -108,7 +139,7 @@ def test_killed_while_writing_a_shard_leaves_no_shard_under_its_name(corpus, pre
     out = str(tmp_path / "killed")
     args = [f"--data={corpus}", f"--out={out}", f"--vocab_size={VOCAB}",
             f"--eval_fraction={EVAL}", f"--shard_mb={SHARD_MB}"]
-    killed = _command(*args, env={**os.environ, KILL_IN_SHARD_ENV: "1"})
+    killed = _killed("in_shard", *args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     names = os.listdir(out)
     assert "train-00000.tokens" in names and "train-00001.tokens" not in names

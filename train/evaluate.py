@@ -1,5 +1,6 @@
 """The one held-out evaluator: the objective's eval statistics of some params over the first
---eval_batches batches of a run's eval split (the same batches in the same order every time).
+--eval_batches batches of a run's eval split (the same batches in the same order every time; more
+where the task asks for a minimum of rows, as mlm_nsp does), with 95% intervals of accuracies.
 The training loop, infer.prune and infer.compare all score a model through it."""
 
 import math
@@ -9,6 +10,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from train.metrics import INTERVAL_METRICS, wilson_interval
 from train.prepare import Run
 from train.step import batch_shardings, jit_eval_step, make_eval_step
 
@@ -64,6 +66,11 @@ class HeldOut:
         loss = total / max(count, 1.0)
         out = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": count}
         out.update({name: total / max(count, 1.0) for name, (total, count) in sums.items()})
+        for name in INTERVAL_METRICS:  # one example a trial: its Wilson 95% interval and n
+            if name in sums:
+                total, count = sums[name]
+                out[f"{name}_low"], out[f"{name}_high"] = wilson_interval(total, count)
+                out[f"{name}_n"] = count
         if self.bleu is not None:
             out["bleu"] = self.bleu(params)
         return out
@@ -73,7 +80,7 @@ class HeldOut:
         them (each has its own shard), but every eval step needs all hosts: a host that has run
         out feeds all-padding rows (weight 0) until every host has."""
         stream, last = iter(self.run.eval_data), None
-        for _ in range(self.run.cfg.eval_batches):
+        for _ in range(self.run.task.eval_batches(self.run.cfg)):
             batch = next(stream, None)
             if jax.process_count() > 1:
                 if not multihost_utils.process_allgather(np.int32(batch is not None)).any():

@@ -116,6 +116,10 @@ class TrainConfig:
                             "--seq_len tokens needs for span.")
     mask_rate: float = _f(0.15, "mlm, mlm_nsp: fraction of each row's tokens to predict (80% "
                                 "become [MASK], 10% a random token, 10% stay).")
+    nsp_weight: float = _f(0.0, "mlm_nsp: how many masked tokens each row's next-sentence loss "
+                                "counts as. 0: the masked tokens of a full row, "
+                                "round(--mask_rate * (--seq_len - 3)), so the loss is mean MLM + "
+                                "mean NSP as in BERT.")
     noise_density: float = _f(0.15, "span: fraction of tokens corrupted.")
     mean_span_length: float = _f(3.0, "span: mean length in tokens of a corrupted span.")
     num_classes: int = _f(0, "classify: number of classes (the class head's size). 0: 8 for the "
@@ -149,6 +153,12 @@ class TrainConfig:
     log_every: int = _f(10, "Steps between metrics lines (metrics.jsonl, TensorBoard, console).")
     eval_every: int = _f(100, "Steps between evaluations on the held-out split; 0 disables.")
     eval_batches: int = _f(10, "Held-out batches per evaluation (fewer if the split ends first).")
+    nsp_eval_pairs: int = _f(1024, "mlm_nsp: evaluate on at least this many held-out sentence "
+                                   "pairs (drawn shuffled across the held-out documents by "
+                                   "--seed), reading more than --eval_batches batches if need "
+                                   "be; 1024 pairs give a 95% interval of about +-3 points. "
+                                   "Fewer if the split has fewer (raise --eval_fraction). 0: "
+                                   "--eval_batches alone.")
     save_every: int = _f(100, "Steps between checkpoints (one is always saved at the end).")
     keep_checkpoints: int = _f(3, "Most recent checkpoints to keep.")
     keep_period: int = _f(0, "Also keep every checkpoint whose step is a multiple of this; 0: none.")

@@ -13,6 +13,22 @@ from runtime.files import atomic_write
 # Eval metrics beyond the loss that the console line shows when a task reports them.
 TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu", "distill_kl",
                 "shuffled_source_loss")
+# Accuracies over independent examples (one label a row): the evaluator adds NAME_low, NAME_high
+# (the Wilson 95% interval) and NAME_n (examples scored). Token accuracies are left out: the
+# tokens of a row are not independent trials.
+INTERVAL_METRICS = ("accuracy", "nsp_accuracy")
+Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
+
+
+def wilson_interval(successes: float, n: float, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion successes / n (Wilson 1927): unlike
+    p +- z sqrt(p(1-p)/n) it stays inside [0, 1] and is right near 0 and 1. (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class MetricsWriter:
@@ -78,6 +94,9 @@ def format_line(step: int, total: int, values: dict[str, Any]) -> str:
         if name in values:
             parts.append(f"{name} {values[name]:.4f}" if name != "bleu"
                          else f"bleu {values[name]:.2f}")
+            if f"{name}_low" in values:
+                parts[-1] += (f" (95% {values[f'{name}_low']:.4f}-{values[f'{name}_high']:.4f}, "
+                              f"n {values[f'{name}_n']:.0f})")
     if "learning_rate" in values:
         parts.append(f"lr {values['learning_rate']:.2e}")
     if "tokens_per_s" in values:

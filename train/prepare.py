@@ -117,6 +117,9 @@ def check_numbers(cfg: TrainConfig) -> None:
     if cfg.target_len < 0 or cfg.num_classes < 0 or cfg.bleu_examples < 0 or cfg.data_shards < 0:
         raise UserError("--target_len, --num_classes, --bleu_examples and --data_shards must not "
                         "be negative")
+    if cfg.nsp_weight < 0 or cfg.nsp_eval_pairs < 0:
+        raise UserError(f"--nsp_weight and --nsp_eval_pairs must not be negative, got "
+                        f"{cfg.nsp_weight} and {cfg.nsp_eval_pairs}")
     if not 0.0 < cfg.mask_rate < 1.0:
         raise UserError(f"--mask_rate must be in (0, 1), got {cfg.mask_rate}; BERT uses 0.15")
     if not 0.0 < cfg.noise_density < 1.0 or cfg.mean_span_length < 1.0:

@@ -53,9 +53,16 @@ class Task:
     loss_options: Callable[[TrainConfig], dict] = lambda cfg: {}
     lm_head: bool = True  # whether the loss reads the vocabulary logits (for the FLOP count)
     reads: str = ""  # the task whose data and batches it reads when not its own (distill)
+    # Held-out rows an evaluation reads at least, whatever --eval_batches says (mlm_nsp: one
+    # NSP label a row, so enough rows for a tight interval on nsp_accuracy).
+    min_eval_rows: Callable[[TrainConfig], int] = lambda cfg: 0
 
     def objective(self, cfg: TrainConfig) -> Callable:
         return functools.partial(self.loss, **self.loss_options(cfg))
+
+    def eval_batches(self, cfg: TrainConfig) -> int:
+        """Held-out batches per evaluation: --eval_batches, or more to reach `min_eval_rows`."""
+        return max(cfg.eval_batches, -(-self.min_eval_rows(cfg) // cfg.batch_size))
 
     def load_data(self, cfg: TrainConfig) -> Data:
         if is_prepared(cfg.data):
@@ -122,10 +129,11 @@ class Task:
                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset | ShardedBatches:
         """This host's batches of the "train" split (shuffled, endless) or "eval" (one pass in
         a fixed order, the last batch padded with rows of weight 0): the rows of the data shards
-        it reads (data/shards.py; --data_shards, default one per process). Held-out examples are
-        listed in file order, so they are shuffled once (by --seed) to make any first
-        --eval_batches a fair sample; held-out text stays in order (its documents are already
-        spread by hash)."""
+        it reads (data/shards.py; --data_shards, default one per process). Held-out examples and
+        sentence pairs are listed in file order (a pair's A by its document), so they are
+        shuffled once (by --seed) to make any first --eval_batches a fair sample across the
+        held-out documents; held-out text for clm/mlm/span stays in order (its documents are
+        already spread by hash)."""
         count = data_shards(cfg, process_count)
         streams = [self._shard(cfg, data, tokenizer, split, index, count)
                    for index in host_shards(count, process_index, process_count)]
@@ -134,14 +142,15 @@ class Task:
     def _shard(self, cfg: TrainConfig, data: Data, tokenizer: Tokenizer, split: str,
                shard_index: int, shard_count: int) -> grain.IterDataset:
         train = split == "train"
+        batches = self.reads or self.name
+        shuffle = train or self.kind != "text" or batches == "mlm_nsp"
         options = StreamOptions(batch_size=cfg.batch_size // shard_count, seed=cfg.seed,
-                                shuffle=train or self.kind != "text", repeat=train,
+                                shuffle=shuffle, repeat=train,
                                 shard_index=shard_index, shard_count=shard_count)
         if isinstance(data, PreparedCorpus):  # load_data admits it for PREPARED_READERS
             items = PreparedSplit(data, split)
         else:
             items = data.train if train else data.eval
-        batches = self.reads or self.name
         if batches == "clm":
             return packed_rows(items, tokenizer, options, length=cfg.seq_len + 1)
         if batches == "mlm":
@@ -215,7 +224,9 @@ def num_labels(cfg: TrainConfig, data: ClassificationTask) -> int:
 
 
 def _nsp_weight(cfg: TrainConfig) -> dict:
-    # Masked tokens in a full [CLS] A [SEP] B [SEP] row: NSP then weighs as much as MLM.
+    # Default: masked tokens in a full [CLS] A [SEP] B [SEP] row, so NSP weighs as much as MLM.
+    if cfg.nsp_weight:
+        return {"nsp_weight": cfg.nsp_weight}
     return {"nsp_weight": float(max(1, round(cfg.mask_rate * (cfg.seq_len - 3))))}
 
 
@@ -223,7 +234,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("clm", FAMILIES["decoder"], "text", objectives.clm, objectives.clm_stats),
     Task("mlm", FAMILIES["encoder"], "text", objectives.mlm, objectives.mlm_stats, BERT_SYMBOLS),
     Task("mlm_nsp", FAMILIES["encoder"], "text", objectives.mlm_nsp, objectives.mlm_nsp_stats,
-         BERT_SYMBOLS, _nsp_weight),
+         BERT_SYMBOLS, _nsp_weight, min_eval_rows=lambda cfg: cfg.nsp_eval_pairs),
     Task("classify", FAMILIES["encoder"], "labels", objectives.classify, objectives.classify_stats,
          BERT_SYMBOLS, lm_head=False),
     Task("seq2seq", FAMILIES["encoder_decoder"], "pairs", objectives.seq2seq, objectives.seq2seq_stats,

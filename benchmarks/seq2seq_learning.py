@@ -15,14 +15,14 @@ from runtime.errors import UserError
 
 FLAGS = flags.FLAGS
 SIZES = ("num_layers", "d_model", "num_heads", "mlp_dim")
-# The quickstart_seq2seq sizes with the old N(0, 0.02) init and with the family's fan-in
-# default, at two learning rates, for both encoder-decoder presets; then decoder-only Llama
-# models of about the same parameter count (7 layers ~ 3 encoder + 3 decoder layers).
+# Both inits at two learning rates for both encoder-decoder presets, then decoder-only Llama
+# models of about the same parameter count (7 layers ~ 3 encoder + 3 decoder layers at the
+# default sizes; 5 layers ~ 2 + 2 at --num_layers=2 --d_model=64 --mlp_dim=256).
 DEFAULT_VARIANTS = [
     "tiny_t5@3e-3+param_init=normal", "tiny_t5@1e-3+param_init=normal",
-    "tiny_t5@3e-3", "tiny_t5@1e-3",
+    "tiny_t5@3e-3+param_init=fan_in", "tiny_t5@1e-3+param_init=fan_in",
     "tiny_transformer@3e-3+param_init=normal", "tiny_transformer@1e-3+param_init=normal",
-    "tiny_transformer@3e-3", "tiny_transformer@1e-3",
+    "tiny_transformer@3e-3+param_init=fan_in", "tiny_transformer@1e-3+param_init=fan_in",
     "tiny_llama@3e-3+num_layers=7+num_kv_heads=4", "tiny_llama@1e-3+num_layers=7+num_kv_heads=4",
 ]
 

@@ -205,7 +205,7 @@ _BERT = {"family": "encoder", "norm": "layernorm", "activation": "gelu", "positi
 # The N(0, 0.02) init stays T5's default although Mesh TF / HF T5 use fan-in scaling: on the
 # reverse-and-rename task of benchmarks/seq2seq_learning.py (d_model 64, 600 steps) tiny_t5
 # reached 91% exact match with it and 69% with --param_init=fan_in at lr 3e-3 (60% vs 5% at
-# 1e-3); benchmarks/results/2026-12-*.json has the runs.
+# 1e-3); benchmarks/results/2026-12-07-cpu-2core.json has the runs.
 _T5 = {"family": "encoder_decoder", "norm": "rmsnorm", "activation": "geglu",
        "positions": "relative", "use_bias": False, "tie_embeddings": False, "norm_eps": 1e-6,
        "vocab_size": 32128, "max_len": 512, "scale_attention": False}

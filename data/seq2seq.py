@@ -1,6 +1,8 @@
-"""Seq2seq pairs for encoder-decoder models: .jsonl source/target files, or the offline task
-"function code → the first paragraph of its docstring" built from the stdlib, and their batches."""
+"""Seq2seq pairs for encoder-decoder models: .jsonl source/target files, or the offline tasks
+built from the stdlib ("function code → the first paragraph of its docstring", "function code →
+its signature"), and their batches."""
 
+import ast
 import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -16,6 +18,8 @@ from data.stdlib_functions import stdlib_functions
 from runtime.errors import UserError
 
 STDLIB_SOURCE = "stdlib:docstrings"
+SIGNATURES_SPEC = "stdlib_signatures"  # --data value of the code -> signature task
+SIGNATURES_SOURCE = "stdlib:signatures"
 
 
 class Pair(NamedTuple):
@@ -37,6 +41,10 @@ def seq2seq_task(spec: str = "stdlib", eval_fraction: float = 0.05) -> Seq2SeqTa
     a body; source = its code with the docstring cut out (decorators and comments kept),
     target = the docstring's first paragraph on one line; functions whose code repeats an
     earlier one are dropped; held out by the hash of the qualified name.
+    spec "stdlib_signatures": every stdlib function or method; source = its code as above (its
+    source when the docstring can't be cut out), target = its signature as names only:
+    `name(a, b, *args, c, **kwargs)` (no annotations, defaults or `/`, `*` markers), a
+    deterministic function of the source; held out as above.
     Otherwise `spec` names .jsonl files (comma-separated files, globs, directories) whose lines are
     objects with string fields "source" and "target"; held out by the hash of the source.
     """
@@ -45,6 +53,11 @@ def seq2seq_task(spec: str = "stdlib", eval_fraction: float = 0.05) -> Seq2SeqTa
         train_named, eval_named = split(named, lambda item: item[0], eval_fraction)
         train, held_out = [p for _, p in train_named], [p for _, p in eval_named]
         source = STDLIB_SOURCE
+    elif spec == SIGNATURES_SPEC:
+        named = _stdlib_signature_pairs()
+        train_named, eval_named = split(named, lambda item: item[0], eval_fraction)
+        train, held_out = [p for _, p in train_named], [p for _, p in eval_named]
+        source = SIGNATURES_SOURCE
     else:
         records = read_records(spec, {"source": (str,), "target": (str,)})
         pairs = [Pair(r["source"], r["target"]) for r in records]
@@ -61,6 +74,33 @@ def _stdlib_pairs() -> list[tuple[str, Pair]]:
             seen.add(function.code)
             named.append((function.qualname, Pair(function.code, function.summary)))
     return named
+
+
+def _stdlib_signature_pairs() -> list[tuple[str, Pair]]:
+    """(qualified name, pair) for the signature task, in stdlib file order."""
+    seen, named = set(), []
+    for function in stdlib_functions():
+        code = function.code or function.source
+        target = signature(function.source)
+        if target and code not in seen:
+            seen.add(code)
+            named.append((function.qualname, Pair(code, target)))
+    return named
+
+
+def signature(source: str) -> str:
+    """`name(a, b, *args, c, **kwargs)` of the function whose (dedented) source this is; "" if
+    that source does not parse alone (a few continuation lines keep their indent)."""
+    try:
+        node = ast.parse(source).body[0]
+    except SyntaxError:
+        return ""
+    args = node.args
+    names = [a.arg for a in args.posonlyargs + args.args]
+    names += [f"*{args.vararg.arg}"] if args.vararg else []
+    names += [a.arg for a in args.kwonlyargs]
+    names += [f"**{args.kwarg.arg}"] if args.kwarg else []
+    return f"{node.name}({', '.join(names)})"
 
 
 def seq2seq_dataset(

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from model import quant
 from model.config import ModelConfig
-from model.layers import constrain, default_init, dtype_of
+from model.layers import constrain, dtype_of, kernel_init
 
 Array = jax.Array
 
@@ -80,8 +80,9 @@ class RelativeBias(nn.Module):
         """q_positions: int32[batch | 1, q_len], kv_positions: int32[batch | 1, kv_len] ->
         float bias [batch | 1, heads, q_len, kv_len]."""
         cfg = self.config
+        # HF T5's `_init_weights` draws this table N(0, 1/d_model) too.
         table = self.param("embedding", nn.with_logical_partitioning(
-            default_init, ("relpos_buckets", "heads")), (cfg.relative_buckets, cfg.num_heads),
+            kernel_init(cfg, cfg.d_model), ("relpos_buckets", "heads")), (cfg.relative_buckets, cfg.num_heads),
             dtype_of(cfg.param_dtype))
         buckets = relative_bucket(kv_positions[:, None, :] - q_positions[:, :, None],
                                   self.bidirectional, cfg.relative_buckets,
@@ -164,7 +165,13 @@ class Attention(nn.Module):
 
     def _kernel(self, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
                 contract: int) -> Array | quant.Int8Kernel:
-        return quant.kernel(self, name, default_init, shape, axes, contract, self.config)
+        cfg = self.config
+        fan_in = math.prod(shape[:contract])
+        # Unscaled logits (T5) take head_dim**-0.5 in the query init instead, so q.k starts at
+        # unit scale either way (HF T5: query std (d_model * d_kv)**-0.5).
+        gain = 1.0 if name != "query_kernel" or cfg.scale_attention else cfg.resolved_head_dim ** -0.5
+        return quant.kernel(self, name, kernel_init(cfg, fan_in, gain), shape, axes, contract,
+                            cfg)
 
     def _project(self, x: Array, name: str, heads: int, heads_axis: str,
                  length_axis: str = "length") -> Array:

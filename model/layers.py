@@ -20,6 +20,25 @@ Array = jax.Array
 default_init = nn.initializers.normal(stddev=0.02)
 
 
+def kernel_init(cfg: ModelConfig, fan_in: int, gain: float = 1.0):
+    """The init of a matrix that sums over `fan_in` inputs: N(0, 0.02) (param_init "normal"),
+    or N(0, gain**2 / fan_in) ("fan_in": Mesh TF / T5X variance scaling, as HF T5's
+    `_init_weights`), which keeps a unit-RMS input's output at unit RMS whatever the width."""
+    if cfg.param_init == "normal":
+        return default_init
+    return nn.initializers.normal(stddev=gain * fan_in ** -0.5)
+
+
+def embedding_init(cfg: ModelConfig):
+    """Of the token (and position / token-type) tables. "fan_in": N(0, 1), the RMS the
+    normalised stream has (T5), or N(0, 1/d_model) when inputs are scaled by sqrt(d_model)
+    (Vaswani, tensor2tensor), so either way the first layer reads unit-scale embeddings and a
+    tied output projection starts with unit-scale logits."""
+    if cfg.param_init == "normal":
+        return default_init
+    return nn.initializers.normal(stddev=cfg.d_model ** -0.5 if cfg.scale_embeddings else 1.0)
+
+
 def dtype_of(name: str):
     return jnp.dtype(name)
 
@@ -64,7 +83,7 @@ class Embed(nn.Module):
             self.embedding = self._int8_table()
         else:
             self.embedding = self.param(
-                "embedding", nn.with_logical_partitioning(default_init, ("vocab", "embed")),
+                "embedding", nn.with_logical_partitioning(embedding_init(cfg), ("vocab", "embed")),
                 (cfg.vocab_size, cfg.d_model), dtype_of(cfg.param_dtype))
 
     def _int8_table(self) -> quant.Int8Kernel:
@@ -99,7 +118,8 @@ class PositionEmbed(nn.Module):
     @nn.compact
     def __call__(self, positions: Array) -> Array:
         cfg = self.config
-        table = self.param("embedding", nn.with_logical_partitioning(default_init, ("length", "embed")),
+        table = self.param("embedding", nn.with_logical_partitioning(embedding_init(cfg),
+                                                                     ("length", "embed")),
                            (cfg.max_len, cfg.d_model), dtype_of(cfg.param_dtype))
         return jnp.take(table, positions, axis=0).astype(dtype_of(cfg.dtype))
 
@@ -112,7 +132,7 @@ class TypeEmbed(nn.Module):
     @nn.compact
     def __call__(self, token_types: Array) -> Array:
         cfg = self.config
-        table = self.param("embedding", nn.with_logical_partitioning(default_init,
+        table = self.param("embedding", nn.with_logical_partitioning(embedding_init(cfg),
                                                                      ("token_types", "embed")),
                            (cfg.type_vocab_size, cfg.d_model), dtype_of(cfg.param_dtype))
         return jnp.take(table, token_types, axis=0).astype(dtype_of(cfg.dtype))
@@ -150,7 +170,8 @@ def lm_head(module: nn.Module, cfg: ModelConfig) -> Array | quant.Int8Kernel | N
     """The untied output projection `[embed, vocab]` as a param of `module` (None when tied)."""
     if cfg.tie_embeddings:
         return None
-    return quant.kernel(module, "lm_head", default_init, (cfg.d_model, cfg.vocab_size),
+    return quant.kernel(module, "lm_head", kernel_init(cfg, cfg.d_model),
+                        (cfg.d_model, cfg.vocab_size),
                         ("embed", "vocab"), 1, cfg)
 
 
@@ -176,7 +197,8 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        kernel = quant.kernel(self, "kernel", default_init, (x.shape[-1], self.features),
+        kernel = quant.kernel(self, "kernel", kernel_init(cfg, x.shape[-1]),
+                              (x.shape[-1], self.features),
                               self.axes, 1, cfg)
         y = quant.matmul(x, kernel, 1, "...i,io->...o")
         if cfg.use_bias:

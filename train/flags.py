@@ -38,6 +38,10 @@ class TrainConfig:
                             "dots_no_batch.")
     attention: str = _f("xla", "Attention kernel: xla | cudnn | auto.")
     scan_layers: bool = _f(True, "Stack layers with nn.scan (compile time independent of depth).")
+    param_init: str | None = _f(None, "How params start when training from scratch: normal "
+                                      "(N(0, 0.02), GPT-2/BERT) or fan_in (N(0, 1/fan_in), T5 / "
+                                      "Vaswani; see model/layers.py). Default: the preset's "
+                                      "(fan_in for the encoder-decoder presets).")
     # Run.
     workdir: str = _f("", "Directory for checkpoints, metrics, config and tokenizer (required); "
                           "a workdir with checkpoints is resumed.")
@@ -107,7 +111,8 @@ class TrainConfig:
     # Data.
     data: str = _f("stdlib", "Training data: 'stdlib' (this Python's standard library: source "
                              "text; for seq2seq function code -> docstring; for classify which "
-                             "package a function is from) or comma-separated .txt/.jsonl/.parquet "
+                             "package a function is from), 'stdlib_signatures' (seq2seq: function "
+                             "code -> its signature, names only) or comma-separated .txt/.jsonl/.parquet "
                              "files, globs or directories (.jsonl fields: text; source/target for "
                              "seq2seq; text/label for classify).")
     eval_fraction: float = _f(0.02, "Fraction of documents (or examples) held out for evaluation.")
@@ -175,7 +180,7 @@ class TrainConfig:
 # flags.txt, since a rerun is launched afresh (a recorded --process_id would give every host the
 # id of the host that wrote the file).
 LAUNCH_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("launch"))
-MODEL_OVERRIDES = (*SIZE_FLAGS, "dtype", "remat", "attention", "scan_layers")
+MODEL_OVERRIDES = (*SIZE_FLAGS, "dtype", "remat", "attention", "scan_layers", "param_init")
 
 
 def define_flags() -> None:

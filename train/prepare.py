@@ -34,7 +34,8 @@ _TMP_PREFIX = "meshlm-tokenizer-"
 POSITIVE = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "eval_batches",
             "keep_checkpoints")
 # Settings that change neither the params nor their shapes: a pretrained model may differ in them.
-_COMPUTE_ONLY = ("dtype", "remat", "attention", "num_labels")
+# param_init only says how a run from scratch starts: a loaded or resumed model has its params.
+_COMPUTE_ONLY = ("dtype", "remat", "attention", "num_labels", "param_init")
 
 
 @dataclasses.dataclass
@@ -388,7 +389,12 @@ def _resolve_model(cfg: TrainConfig, task: Task, data: Data, tokenizer: Tokenize
     model_cfg = task.resolve_model(model_cfg, cfg, data)
     if pretrained is not None:
         _check_same_model(model_cfg, pretrained, cfg)
-    if previous and previous.get("model") != model_cfg.to_dict():
+    if previous:
+        # A resumed run keeps the init it started with (runs from before param_init: normal).
+        model_cfg = model_cfg.replace(
+            param_init=previous.get("model", {}).get("param_init", "normal"))
+    if previous and previous.get("model", {}) | {"param_init": model_cfg.param_init} != (
+            model_cfg.to_dict()):
         changed = sorted(k for k, v in model_cfg.to_dict().items()
                          if previous.get("model", {}).get(k) != v)
         raise UserError(f"--workdir={cfg.workdir} holds a run of a different model (differs in "

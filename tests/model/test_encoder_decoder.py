@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model.config import get_preset
 from model.encoder_decoder import EncoderDecoder, init_cache
 from model.family import build_model
 
@@ -144,3 +145,29 @@ def test_decoder_logits_read_the_source_and_not_its_padding(tiny, preset):
     padding[1, 7] = (padding[1, 7] + 1) % VOCAB  # row 1's source is padding from 6 on
     np.testing.assert_allclose(np.asarray(apply(params, padding, dec, enc_seg, dec_seg)), base,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["tiny_t5", "tiny_transformer"])
+def test_fan_in_init_scales_every_matrix_by_its_fan_in(tiny, preset):
+    """--param_init=fan_in (Vaswani's default): each matrix N(0, 1/fan_in), T5's query also
+    /sqrt(head_dim) (its logits are unscaled), tables at unit RMS after any sqrt(d) scaling;
+    normal (T5's default, measured better by benchmarks/seq2seq_learning.py) is N(0, 0.02)."""
+    cfg, _, params = tiny(preset, param_init="fan_in", d_model=128, mlp_dim=512)
+    layer = params["params"]["decoder"]["layers"]
+    d, hd = cfg.d_model, cfg.resolved_head_dim
+    q_gain = 1.0 if cfg.scale_attention else hd ** -0.5
+    expected = {("cross_attention", "query_kernel"): q_gain * d ** -0.5,
+                ("cross_attention", "key_kernel"): d ** -0.5,
+                ("attention", "out_kernel"): (cfg.num_heads * hd) ** -0.5,
+                ("mlp", "wi", "kernel"): d ** -0.5, ("mlp", "wo", "kernel"): cfg.mlp_dim ** -0.5}
+    for path, std in expected.items():
+        value = layer
+        for key in path:
+            value = value[key]
+        np.testing.assert_allclose(np.std(value), std, rtol=0.05, err_msg=str(path))
+    embed_std = d ** -0.5 if cfg.scale_embeddings else 1.0
+    np.testing.assert_allclose(np.std(params["params"]["embed"]["embedding"]), embed_std, rtol=0.05)
+    _, _, normal = tiny(preset, param_init="normal", d_model=128, mlp_dim=512)
+    np.testing.assert_allclose(np.std(normal["params"]["embed"]["embedding"]), 0.02, rtol=0.05)
+    assert get_preset(preset).param_init == ("normal" if preset == "tiny_t5" else "fan_in")
+    assert get_preset("tiny_llama").param_init == get_preset("tiny_bert").param_init == "normal"

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from data.corpus import load_corpus
-from data.prepared_dataset import PreparedCorpus
 from data.options import StreamOptions
 from data.pipeline import packed_dataset
+from data.prepared_dataset import PreparedCorpus
 from data.sentencepiece_tokenizer import load_tokenizer, train_tokenizer
 from model import sharding
 from model.config import ModelConfig

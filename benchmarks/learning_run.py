@@ -20,7 +20,7 @@ import optax
 
 from benchmarks import reverse_task as rt
 from model.config import ModelConfig, get_preset
-from model.family import build_model, init_inputs
+from model.family import build_model, family_of, init_inputs
 from runtime.errors import UserError
 from train import objectives
 from train.bleu import greedy_decode
@@ -224,10 +224,12 @@ def train_variant(variant: Variant, cfg: ModelConfig, task: rt.ReverseTask, *, s
     """Trains `cfg` from scratch with AdamW (train/optimizer.py defaults, cosine schedule) and
     returns its curve, end-of-run evaluation and probes."""
     model = build_model(cfg)
-    side = (_EncoderDecoderSide if cfg.family == "encoder_decoder" else _DecoderSide)(model, task)
-    if cfg.family not in ("encoder_decoder", "decoder"):
+    sides = {"seq2seq": _EncoderDecoderSide, "causal": _DecoderSide}
+    generates = family_of(cfg).generates  # how it writes: the side that trains and decodes it
+    if generates not in sides:
         raise UserError(f"variant {variant.spec!r}: preset {variant.preset} is neither an "
                         "encoder-decoder nor a decoder")
+    side = sides[generates](model, task)
     train_cfg = TrainConfig(learning_rate=variant.learning_rate, warmup_steps=warmup_steps,
                             steps=steps, schedule="cosine", seed=seed)
     tx, _ = make_optimizer(train_cfg)

@@ -76,21 +76,59 @@ class Block(nn.Module):
 
 
 class CarriedCacheBlock(Block):
-    """A decoder-only layer for decoding under `nn.scan`, the KV cache of *all* layers carried
-    through the scan: (x, cache, layer) -> ((x, cache, layer + 1), None).
+    """A decoding layer under `nn.scan` with the self-attention KV cache of *all* layers carried
+    through the scan: (x, cache, layer) -> ((x, cache, layer + 1), cross K/V or None).
 
     Scanning the cache as a per-layer input instead slices every layer's cache out, stacks a
     new cache for the output, and the decode loop then copies that into its carry: several
     whole-cache copies per token, the largest cost of a decode step that `infer.report` found.
-    Carried, each layer writes its new slots in place and reads only its own slice.
+    Carried, each layer writes its new slots in place and reads only its own slice. With
+    `cross=True` the cross keys/values ([layers, batch, kv_heads, enc_len, head_dim]) are a
+    constant each layer reads its slice of; a call given `encoded` projects them instead and
+    returns them stacked as the scan's output, which happens once per request.
     """
 
     def __call__(self, carry, positions: Array, segment_ids: Array, cache_index: Array,
-                 kv_segments: Array):
+                 kv_segments: Array, bias: Array | None = None, encoded: Array | None = None,
+                 encoder_segment_ids: Array | None = None, cross_kv: dict | None = None):
         x, cache, layer = carry
-        x, cache = super().__call__(x, positions, segment_ids, {**cache, "layer": layer},
-                                    cache_index, kv_segments)
-        return (x, {k: v for k, v in cache.items() if k != "layer"}, layer + 1), None
+        layer_cache = {**cache, "layer": layer}
+        if self.cross:
+            kv = None if encoded is not None else {
+                name: jax.lax.dynamic_index_in_dim(value, layer, keepdims=False)
+                for name, value in cross_kv.items()}
+            layer_cache = {"self": layer_cache, "cross": kv}
+        x, cache = super().__call__(x, positions, segment_ids, layer_cache, cache_index,
+                                    kv_segments, bias, encoded, encoder_segment_ids)
+        projected = None
+        if self.cross:
+            cache, projected = cache["self"], cache["cross"] if encoded is not None else None
+        return (x, {k: v for k, v in cache.items() if k != "layer"}, layer + 1), projected
+
+
+def _carried(cfg: ModelConfig, name: str, num_layers: int, cross: bool):
+    """The decode stack over `CarriedCacheBlock`, called like the sliced one: (x, positions,
+    segment_ids, cache, cache_index, kv_segments[, bias, encoded, encoder_segment_ids]) ->
+    (x, cache), the cache {"k", "v"} or, with `cross`, {"self": {"k", "v"}, "cross": ...}."""
+    arity = 8 if cross else 4
+    attributes = {"causal": True, "cross": True} if cross else {}
+    carried = nn.scan(CarriedCacheBlock, variable_axes={"params": 0},
+                      split_rngs={"params": True}, in_axes=(nn.broadcast,) * arity,
+                      length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(
+        cfg, name=name, **attributes)
+
+    def run(x, positions, segment_ids, cache, cache_index, kv_segments, *cross_args):
+        if not cross:
+            (x, cache, _), _ = carried((x, cache, 0), positions, segment_ids, cache_index,
+                                       kv_segments)
+            return x, cache
+        bias, encoded, encoder_segment_ids = cross_args
+        cross_kv = None if encoded is not None else cache["cross"]
+        (x, self_cache, _), projected = carried(
+            (x, cache["self"], 0), positions, segment_ids, cache_index, kv_segments, bias,
+            encoded, encoder_segment_ids, cross_kv)
+        return x, {"self": self_cache, "cross": projected if encoded is not None else cross_kv}
+    return run
 
 
 def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers",
@@ -109,18 +147,11 @@ def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers",
         in_axes = (nn.broadcast, nn.broadcast) + ((0, nn.broadcast, nn.broadcast) if decode else ())
     if cfg.remat != "none" and not decode:
         block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers and decode and block is Block and not attributes and in_axes == (
-            nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast):
-        carried = nn.scan(CarriedCacheBlock, variable_axes={"params": 0},
-                          split_rngs={"params": True}, in_axes=(nn.broadcast,) * 4,
-                          length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(
-            cfg, name=name)
-
-        def run(x, positions, segment_ids, cache, cache_index, kv_segments):
-            (x, cache, _), _ = carried((x, cache, 0), positions, segment_ids, cache_index,
-                                       kv_segments)
-            return x, cache
-        return run
+    if cfg.scan_layers and decode and block is Block:
+        if not attributes and in_axes == (nn.broadcast,) * 2 + (0,) + (nn.broadcast,) * 2:
+            return _carried(cfg, name, num_layers, cross=False)
+        if attributes == {"causal": True, "cross": True} and in_axes == BLOCK_IN_AXES:
+            return _carried(cfg, name, num_layers, cross=True)
     if cfg.scan_layers:
         scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=in_axes, length=num_layers,

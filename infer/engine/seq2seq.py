@@ -4,8 +4,9 @@ decoder runs on device in a `lax.while_loop`, greedy / sampled or as a beam sear
 Sources of different lengths share a batch by right padding: padding has segment 0, so neither
 the encoder nor cross-attention lets a real token see it. Every target starts from BOS at
 position 0, so the decoder side needs no padding and cache slot i holds target position i. The
-first decoder step projects the encoder output to each layer's cross keys/values, which the
-cache keeps ({"self": ..., "cross": ...}, see `model/encoder_decoder.py`) for every later step.
+first decoder step projects the encoder output to each layer's cross keys/values once; the loop
+then carries only the self-attention cache (each step writes its slot in place, see
+`model/blocks.py` CarriedCacheBlock) and reads the cross keys/values as a loop constant.
 """
 
 import functools
@@ -48,20 +49,22 @@ def start_id_of(loaded) -> int:
 
 def _start(model, params, sources, segments, *, length: int, bos_id: int):
     """Encodes and runs the decoder on BOS: (logits float32[batch, vocab] for target position
-    0, a `length`-slot cache holding BOS's keys/values and the cross keys/values)."""
+    0, a `length`-slot self-attention cache holding BOS's keys/values, the cross keys/values)."""
     encoded = model.apply(params, sources, segments, method="encode")
     cache = init_cache(model.config, sources.shape[0], length)
     bos = jnp.full((sources.shape[0], 1), bos_id, jnp.int32)
     logits, cache = model.apply(params, bos, encoded, segments, cache=cache, cache_index=0,
                                 method="decode")
-    return logits[:, -1], cache
+    return logits[:, -1], cache["self"], cache["cross"]
 
 
-def _step(model, params, tokens, segments, cache, index):
-    """Feeds tokens int32[rows] at cache slot `index`: (logits float32[rows, vocab], cache)."""
-    logits, cache = model.apply(params, tokens[:, None], None, segments, cache=cache,
-                                cache_index=index, method="decode")
-    return logits[:, -1], cache
+def _step(model, params, tokens, segments, self_cache, cross, index):
+    """Feeds tokens int32[rows] at cache slot `index`: (logits float32[rows, vocab], the self
+    cache). `cross` is only read: it stays out of the loop's carry, so no step copies it."""
+    logits, cache = model.apply(params, tokens[:, None], None, segments,
+                                cache={"self": self_cache, "cross": cross}, cache_index=index,
+                                method="decode")
+    return logits[:, -1], cache["self"]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id",
@@ -69,8 +72,8 @@ def _step(model, params, tokens, segments, cache, index):
 def _sample_loop(model, params, sources, segments, rng, *, max_new_tokens: int,
                  sampling: Sampling, eos_id: int, bos_id: int, on_token=None):
     batch = sources.shape[0]
-    logits, cache = _start(model, params, sources, segments, length=max_new_tokens,
-                           bos_id=bos_id)
+    logits, cache, cross = _start(model, params, sources, segments, length=max_new_tokens,
+                                  bos_id=bos_id)
     rng, step_rng = jax.random.split(rng)
     token = sample(logits, step_rng, sampling)
     out = jnp.full((batch, max_new_tokens), eos_id, jnp.int32).at[:, 0].set(token)
@@ -85,7 +88,7 @@ def _sample_loop(model, params, sources, segments, rng, *, max_new_tokens: int,
 
     def body(carry):
         i, token, out, done, cache, rng = carry
-        logits, cache = _step(model, params, token, segments, cache, i)
+        logits, cache = _step(model, params, token, segments, cache, cross, i)
         rng, step_rng = jax.random.split(rng)
         token = sample(logits, step_rng, sampling)
         out = out.at[:, i].set(jnp.where(done, eos_id, token))
@@ -102,19 +105,19 @@ def _sample_loop(model, params, sources, segments, rng, *, max_new_tokens: int,
                                              "bos_id", "alpha"))
 def _beam_search(model, params, sources, segments, *, max_new_tokens: int, num_beams: int,
                  eos_id: int, bos_id: int, alpha: float) -> beam.Beams:
-    # Encoder and BOS step once per source; then each row of the cache is repeated per beam.
-    logits, cache = _start(model, params, sources, segments, length=max_new_tokens,
-                           bos_id=bos_id)
-    cache = jax.tree.map(lambda x: jnp.repeat(x, num_beams, axis=1), cache)
+    # Encoder and BOS step once per source; then each row is repeated per beam. The cross
+    # keys/values are the same for every beam of a source: they are a constant, only the self
+    # cache is reordered when beams change parents.
+    logits, cache, cross = _start(model, params, sources, segments, length=max_new_tokens,
+                                  bos_id=bos_id)
+    cache, cross = jax.tree.map(lambda x: jnp.repeat(x, num_beams, axis=1), (cache, cross))
     segments = jnp.repeat(segments, num_beams, axis=0)
 
     def step(tokens, cache, index):
-        return _step(model, params, tokens, segments, cache, index)
+        return _step(model, params, tokens, segments, cache, cross, index)
 
     def gather(cache, rows):
-        # The cross keys/values are the same for every beam of a source: only "self" moves.
-        return {**cache, "self": jax.tree.map(lambda x: jnp.take(x, rows, axis=1),
-                                              cache["self"])}
+        return jax.tree.map(lambda x: jnp.take(x, rows, axis=1), cache)
 
     return beam.search(logits, cache, step, gather, num_beams=num_beams,
                        max_len=max_new_tokens, eos_id=eos_id, alpha=alpha)

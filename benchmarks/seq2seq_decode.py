@@ -28,6 +28,7 @@ from model.blocks import BLOCK_IN_AXES, Block
 from model.config import get_preset
 from model.encoder import EncoderStack
 from model.encoder_decoder import DecoderStack, EncoderDecoder, init_cache
+from model.family import family_of
 from model.flags import define_model_flags, size_overrides
 from model.layers import Embed, Norm, embed_inputs, lm_head
 from runtime.command import run_command
@@ -185,7 +186,7 @@ def main(argv: list[str]) -> None:
         raise UserError("--new_tokens must be >= 2: decode speed is (n tokens) - (1 token)")
     sizes = size_overrides()
     cfg = get_preset(FLAGS.preset).replace(dtype="float32", param_dtype="float32", **sizes)
-    if cfg.family != "encoder_decoder" or not cfg.scan_layers:
+    if family_of(cfg).generates != "seq2seq" or not cfg.scan_layers:
         raise UserError(f"--preset={FLAGS.preset} is not an encoder-decoder with scanned layers; "
                         "choose t5_small, t5_base, transformer_base or a tiny_* of them")
     cfg = cfg.replace(max_len=max(cfg.max_len, FLAGS.source_len, FLAGS.new_tokens))

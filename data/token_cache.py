@@ -46,11 +46,11 @@ class RawText:
         return sample(load_corpus(self.spec, self.eval_fraction).train, MAX_TRAIN_CHARS)
 
     def tokenize(self, tokenizer) -> PreparedCorpus | Corpus:
-        """The corpus tokenized by `tokenizer` into a temporary prepared directory, removed when
-        the returned corpus is collected or the process exits. An imported (Hugging Face)
-        tokenizer has no file the shards' format records, and a corpus so small that the split
-        by document hash leaves a split empty needs data/corpus.py's fallbacks (the document of
-        smallest hash held out, or a single document's last lines): both are read whole."""
+        """The corpus tokenized by `tokenizer` into a temporary prepared directory, removed by
+        `release` (at the end of the run) or at exit. An imported (Hugging Face) tokenizer has
+        no file the shards' format records, and a corpus so small that the split by document
+        hash leaves a split empty needs data/corpus.py's fallbacks (the document of smallest
+        hash held out): both are read whole."""
         if not isinstance(tokenizer, Tokenizer):
             return load_corpus(self.spec, self.eval_fraction)
         directory = tempfile.mkdtemp(prefix=_PREFIX)

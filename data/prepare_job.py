@@ -240,13 +240,14 @@ def _finish(out: str, tokenizer: Tokenizer, settings: dict, shards: list[dict]) 
         raise UserError(f"corpus {settings['data']!r} has no non-empty documents; point it at "
                         f"files with text")
     if counts["train"] + counts["eval"] == 1:
-        raise OneSidedSplit(f"corpus {settings['data']!r} has one document, too short to split: "
-                        f"a one-document corpus (one .txt file) needs at least two lines to "
-                        f"hold some out for eval; add text or documents")
+        raise OneSidedSplit(f"corpus {settings['data']!r} has one document, too short to "
+                            f"split: a one-document corpus (one .txt file) needs at least two "
+                            f"lines to hold some out for eval; add text or documents")
     if not counts["train"] or not counts["eval"]:
-        raise OneSidedSplit(f"--eval_fraction={settings['eval_fraction']} puts {counts['eval']} of "
-                        f"{counts['train'] + counts['eval']} documents in the held-out split; "
-                        f"both splits need some: change --eval_fraction or add documents")
+        raise OneSidedSplit(f"--eval_fraction={settings['eval_fraction']} puts {counts['eval']} "
+                            f"of {counts['train'] + counts['eval']} documents in the held-out "
+                            f"split; both splits need some: change --eval_fraction or add "
+                            f"documents")
     source = hashlib.sha256(b"".join(bytes.fromhex(e["source_sha256"]) for e in shards))
     manifest = {
         "format": token_shards.FORMAT, "version": token_shards.VERSION,

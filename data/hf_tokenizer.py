@@ -29,6 +29,8 @@ class HFTokenizer:
     data.sentencepiece_tokenizer.Tokenizer: ids are int32, encode adds no special tokens (the
     engine adds BOS itself), a missing special id is -1."""
 
+    dummy_prefix = True  # the imports' own pre-tokenizers handle a text's first word
+
     def __init__(self, tokenizer: tokenizers.Tokenizer, path: str, special: dict[str, str]):
         self._tk = tokenizer
         self.path = path

@@ -32,6 +32,10 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 class Tokenizer:
     """Thin wrapper over a SentencePieceProcessor; ids are int32, no BOS/EOS added by encode."""
 
+    # Trained without SentencePiece's dummy prefix (exact round trip of code), so a text's first
+    # word is split unlike the same word after a space; data/seq2seq.py `encode_text` adds one.
+    dummy_prefix = False
+
     def __init__(self, processor: spm.SentencePieceProcessor, path: str):
         self._sp = processor
         self.path = path

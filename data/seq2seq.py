@@ -103,6 +103,21 @@ def signature(source: str) -> str:
     return f"{node.name}({', '.join(names)})"
 
 
+def encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """The ids of a source or target. Without a dummy prefix (our tokenizers) a text's first word
+    is split unlike the same word inside a text ("clear" -> "clear" but "def clear" -> "def",
+    "▁c", "le", "ar"), so a target that copies a word of its source would have to learn a second
+    spelling of every word; one leading space, as SentencePiece's dummy prefix adds, makes
+    both the same. Training, BLEU and infer.generate all encode through here."""
+    return tokenizer.encode(text if tokenizer.dummy_prefix else " " + text)
+
+
+def decode_text(tokenizer: Tokenizer, ids) -> str:
+    """The text of ids from `encode_text` (or generated after them): without its leading space."""
+    text = tokenizer.decode(ids)
+    return text[1:] if not tokenizer.dummy_prefix and text.startswith(" ") else text
+
+
 def seq2seq_dataset(
     pairs: Sequence[Pair],
     tokenizer: Tokenizer,
@@ -114,7 +129,7 @@ def seq2seq_dataset(
     """Encoder-decoder batches of data shard's share `pairs[i::count]` (see `StreamOptions`),
     one pair a row.
 
-    The source is encoded, cut to source_length - 1 tokens (keeping its start) and ends with EOS;
+    The source is encoded (`encode_text`), cut to source_length - 1 tokens (keeping its start) and ends with EOS;
     the target likewise to target_length - 1 tokens + EOS. Each element holds
       encoder_tokens, encoder_segment_ids, encoder_positions: int32[batch_size, source_length]
         (segment ids 1 on tokens, 0 on padding; positions 0, 1, ... on tokens, 0 on padding).
@@ -135,8 +150,8 @@ def seq2seq_dataset(
 
     def featurize(pair: Pair, rng: np.random.Generator) -> dict[str, np.ndarray]:
         del rng  # pairs are used as they are
-        source = np.concatenate([tokenizer.encode(pair.source)[: source_length - 1], eos])
-        target = np.concatenate([tokenizer.encode(pair.target)[: target_length - 1], eos])
+        source = np.concatenate([encode_text(tokenizer, pair.source)[: source_length - 1], eos])
+        target = np.concatenate([encode_text(tokenizer, pair.target)[: target_length - 1], eos])
         encoder = pad_row(source, source_length)
         decoder = pad_row(np.concatenate([bos, target[:-1]]), target_length)
         return {

@@ -5,6 +5,7 @@ For an encoder-decoder model the prompt is the source and the output its generat
 `--num_beams>1` runs beam search there (the best hypothesis is printed when the search ends).
 `--draft=PATH` decodes a decoder-only model speculatively (infer/engine/speculative.py)."""
 
+import functools
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import sys
 
 from absl import flags
 
+from data.seq2seq import decode_text, encode_text
 from model.flags import define_model_flags
 from runtime.command import run_command
 from runtime.errors import UserError
@@ -67,15 +69,15 @@ class _Stream:
     kept by step and only the contiguous prefix is decoded (whole, so a multi-byte character
     split over tokens prints once complete)."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.by_step, self.printed = tokenizer, {}, ""
+    def __init__(self, decode):
+        self.decode, self.by_step, self.printed = decode, {}, ""
 
     def __call__(self, step, tokens, done) -> None:
         self.by_step[int(step)] = None if bool(done[0]) else int(tokens[0])
         ids = []
         while len(ids) in self.by_step and self.by_step[len(ids)] is not None:
             ids.append(self.by_step[len(ids)])
-        text = self.tokenizer.decode(ids)
+        text = self.decode(ids)
         if len(text) > len(self.printed) and not text.endswith("\ufffd"):
             sys.stdout.write(text[len(self.printed):])
             sys.stdout.flush()
@@ -146,7 +148,7 @@ def _seq2seq(loaded, tok, prompts: list[str], sampling, stream):
     from infer.engine import beam, seq2seq
 
     # Training ends every source with EOS (data/seq2seq.py, data/span.py); so does inference.
-    source_ids = [tok.encode(p).tolist() + [tok.eos_id] for p in prompts]
+    source_ids = [encode_text(tok, p).tolist() + [tok.eos_id] for p in prompts]
     if FLAGS.num_beams == 1:
         out = seq2seq.generate(loaded, source_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
                                tok.eos_id, on_token=stream)
@@ -183,7 +185,9 @@ def main(argv: list[str]) -> None:
     draft = load(FLAGS.draft, FLAGS.mesh) if FLAGS.draft else None
     seq2seq = family.generates == "seq2seq"
     # Beam search knows its best hypothesis only at the end: nothing to stream.
-    stream = _Stream(tok) if len(prompts) == 1 and FLAGS.num_beams == 1 else None
+    # A target decodes as training encoded it (data/seq2seq.py: after one space, dropped here).
+    decode = functools.partial(decode_text, tok) if seq2seq else tok.decode
+    stream = _Stream(decode) if len(prompts) == 1 and FLAGS.num_beams == 1 else None
     if seq2seq:
         prompt_ids, out = _seq2seq(loaded, tok, prompts, sampling, stream)
     else:
@@ -200,7 +204,7 @@ def main(argv: list[str]) -> None:
         else:
             out = generate(loaded, prompt_ids, FLAGS.max_new_tokens, sampling, FLAGS.seed,
                            tok.eos_id, on_token=stream)
-    texts = [tok.decode(ids) for ids in out]
+    texts = [decode(ids) for ids in out]
     if stream:
         sys.stdout.write(texts[0][len(stream.printed):] + "\n")
     elif seq2seq and len(prompts) == 1:

@@ -1,10 +1,13 @@
-"""BLEU of an encoder-decoder on a fixed set of held-out pairs, from greedy decodes: the seq2seq
-objective's task metric (sacrebleu's corpus BLEU, default 13a tokenization, in 0..100).
+"""BLEU and exact match of an encoder-decoder on a fixed set of held-out pairs, from greedy
+decodes: the seq2seq objective's task metrics (sacrebleu's corpus BLEU, default 13a tokenization,
+in 0..100), each beside the score of the best-known source-blind answer, the most frequent
+training target written for every example: a model that ignores its encoder can reach that.
 
 Decoding is short and simple on purpose: the source is encoded once, then every step reruns the
 decoder over the whole (causal) target so far; the fast cached path lives in infer/.
 """
 
+import collections
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -15,7 +18,7 @@ from jax.sharding import Mesh
 
 from data.options import StreamOptions
 from data.sentencepiece_tokenizer import Tokenizer
-from data.seq2seq import Pair, seq2seq_dataset
+from data.seq2seq import Pair, decode_text, seq2seq_dataset
 from model import sharding
 
 Array = jax.Array
@@ -41,14 +44,32 @@ def greedy_decode(model: nn.Module, params, encoder_tokens: Array, encoder_segme
     return jax.lax.fori_loop(0, length, step, tokens)[:, 1:]
 
 
+def most_frequent_target(pairs: Sequence[Pair]) -> str:
+    """The target that occurs most often in `pairs` (the first such in order on a tie)."""
+    return collections.Counter(pair.target for pair in pairs).most_common(1)[0][0]
+
+
+def _scores(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, float]:
+    """(corpus BLEU in 0..100, fraction of hypotheses equal to their reference)."""
+    import sacrebleu  # only seq2seq runs pay the import
+
+    bleu = float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    exact = float(np.mean([h.strip() == r.strip() for h, r in zip(hypotheses, references)]))
+    return bleu, exact
+
+
 class Bleu:
-    """`Bleu(...)(params)` -> corpus BLEU of greedy decodes of `pairs` against their untruncated
-    targets. Every host builds the same global batches, so the score is the same everywhere."""
+    """`Bleu(...)(params)` -> {"bleu", "exact_match"} of greedy decodes of `pairs` against their
+    untruncated targets, and {"blind_bleu", "blind_exact_match"}: the same scores of `blind` (the
+    source-blind answer, e.g. `most_frequent_target(train pairs)`) for every pair. Every host
+    builds the same global batches, so the scores are the same everywhere."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[Pair], *,
                  source_length: int, target_length: int, batch_size: int, mesh: Mesh,
-                 param_shardings):
+                 param_shardings, blind: str = ""):
         self.tokenizer, self.references = tokenizer, [pair.target for pair in pairs]
+        self.blind = dict(zip(("blind_bleu", "blind_exact_match"),
+                              _scores([blind] * len(pairs), self.references)))
         self.mesh, self.target_length = mesh, target_length
         rows = -(-len(pairs) // batch_size) * batch_size
         options = StreamOptions(batch_size=rows, seed=0, shuffle=False, repeat=False,
@@ -82,9 +103,8 @@ class Bleu:
     def text(self, ids: np.ndarray) -> str:
         """Decoded text up to the first EOS."""
         ends = np.flatnonzero(ids == self.tokenizer.eos_id)
-        return self.tokenizer.decode(ids[: ends[0]] if len(ends) else ids)
+        return decode_text(self.tokenizer, ids[: ends[0]] if len(ends) else ids)
 
-    def __call__(self, params) -> float:
-        import sacrebleu  # only seq2seq runs pay the import
-
-        return float(sacrebleu.corpus_bleu(self.hypotheses(params), [self.references]).score)
+    def __call__(self, params) -> dict[str, float]:
+        bleu, exact = _scores(self.hypotheses(params), self.references)
+        return {"bleu": bleu, "exact_match": exact, **self.blind}

@@ -44,7 +44,7 @@ def batch_layout(run: Run) -> tuple[dict, dict]:
 class HeldOut:
     """`HeldOut(run, model, param_shardings)(params)` -> eval_loss / eval_ppl / eval_tokens from
     the objective's "loss" sums, each other statistic (accuracy, ...) as its sum over its count,
-    and BLEU when a `bleu` scorer is given. The eval step is compiled once, on first use."""
+    and BLEU / exact match when a `bleu` scorer is given (train/bleu.py). The eval step is compiled once, on first use."""
 
     def __init__(self, run: Run, model, param_shardings, layout: dict | None = None,
                  bleu: Callable | None = None):
@@ -72,7 +72,7 @@ class HeldOut:
                 out[f"{name}_low"], out[f"{name}_high"] = wilson_interval(total, count)
                 out[f"{name}_n"] = count
         if self.bleu is not None:
-            out["bleu"] = self.bleu(params)
+            out.update(self.bleu(params))
         return out
 
     def _batches(self):

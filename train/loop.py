@@ -20,7 +20,7 @@ from model import sharding
 from model.family import build_model, family_of
 from runtime.hardware import peak_flops
 from train import distributed
-from train.bleu import Bleu
+from train.bleu import Bleu, most_frequent_target
 from train.checkpoint import Checkpointer, match_pretrained, restore_pretrained
 from train.evaluate import HeldOut, batch_layout, step_batch
 from train.flags import TrainConfig
@@ -172,7 +172,8 @@ def _train(run: Run, model, tx, schedule, abstract, shardings, checkpointer: Che
     if cfg.objective == "seq2seq" and cfg.bleu_examples and cfg.eval_every:
         bleu = Bleu(model, run.tokenizer, spread(run.data.eval, cfg.bleu_examples),
                     source_length=cfg.seq_len, target_length=run.target_len,
-                    batch_size=cfg.batch_size, mesh=mesh, param_shardings=shardings["params"])
+                    batch_size=cfg.batch_size, mesh=mesh, param_shardings=shardings["params"],
+                    blind=most_frequent_target(run.data.train))
     metrics = MetricsWriter(run.workdir, resume_step=start)
     last: dict[str, float] = {}
     preempted = None

@@ -11,7 +11,7 @@ import jax
 from runtime.files import atomic_write
 
 # Eval metrics beyond the loss that the console line shows when a task reports them.
-TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu", "distill_kl",
+TASK_METRICS = ("accuracy", "nsp_accuracy", "mlm_accuracy", "bleu", "exact_match", "distill_kl",
                 "shuffled_source_loss")
 # Accuracies over independent examples (one label a row): the evaluator adds NAME_low, NAME_high
 # (the Wilson 95% interval) and NAME_n (examples scored). Token accuracies are left out: the
@@ -94,6 +94,10 @@ def format_line(step: int, total: int, values: dict[str, Any]) -> str:
         if name in values:
             parts.append(f"{name} {values[name]:.4f}" if name != "bleu"
                          else f"bleu {values[name]:.2f}")
+            if f"blind_{name}" in values:  # seq2seq: the source-blind answer's score
+                blind = values[f"blind_{name}"]
+                parts[-1] += f" (source-blind {blind:.2f})" if name == "bleu" else \
+                    f" (source-blind {blind:.4f})"
             if f"{name}_low" in values:
                 parts[-1] += (f" (95% {values[f'{name}_low']:.4f}-{values[f'{name}_high']:.4f}, "
                               f"n {values[f'{name}_n']:.0f})")

@@ -9,7 +9,7 @@ import pytest
 
 from data.options import StreamOptions
 from data.sentencepiece_tokenizer import Tokenizer
-from data.seq2seq import Pair, seq2seq_dataset, seq2seq_task
+from data.seq2seq import Pair, decode_text, encode_text, seq2seq_dataset, seq2seq_task
 from data.stdlib_functions import stdlib_functions
 from runtime.errors import UserError
 
@@ -59,8 +59,8 @@ def test_batches_shift_the_target_right(bert_tokenizer: Tokenizer, stdlib_task):
         assert value.dtype == np.int32 and value.shape[0] == 12
     assert rows["encoder_tokens"].shape == (12, SRC) and rows["decoder_inputs"].shape == (12, TGT)
     for i, pair in enumerate(pairs):
-        source = np.append(tok.encode(pair.source)[: SRC - 1], tok.eos_id)
-        target = np.append(tok.encode(pair.target)[: TGT - 1], tok.eos_id)
+        source = np.append(tok.encode(" " + pair.source)[: SRC - 1], tok.eos_id)
+        target = np.append(tok.encode(" " + pair.target)[: TGT - 1], tok.eos_id)
         n, m = len(source), len(target)
         np.testing.assert_array_equal(rows["encoder_tokens"][i, :n], source)
         assert not rows["encoder_tokens"][i, n:].any()
@@ -72,6 +72,19 @@ def test_batches_shift_the_target_right(bert_tokenizer: Tokenizer, stdlib_task):
         np.testing.assert_array_equal(rows["decoder_segment_ids"][i], np.arange(TGT) < m)
         np.testing.assert_array_equal(rows["decoder_positions"][i, :m], np.arange(m))
     assert not rows["decoder_weights"][10:].any() and not rows["encoder_segment_ids"][10:].any()
+
+
+def test_a_word_is_split_alike_at_the_start_of_a_text_and_inside_it(bert_tokenizer: Tokenizer):
+    """Our tokenizers have no dummy prefix, so "clear" alone and in "def clear" split apart; the
+    seq2seq encoding must give a target the same pieces as the source word it copies."""
+    tok = bert_tokenizer
+    inside = tok.encode("def clear(self)")
+    plain, ours = tok.encode("clear(self)"), encode_text(tok, "clear(self)")
+    assert not np.array_equal(plain, ours)  # why encode_text exists
+    np.testing.assert_array_equal(inside[-len(ours):], ours)  # the pieces after "def"
+    assert tok.decode(inside[: len(inside) - len(ours)]) == "def"
+    for text in ["clear(self)", "  indented\n\tcode", "", "x"]:
+        assert decode_text(tok, encode_text(tok, text)) == text
 
 
 def _write(path: Path, lines: list) -> str:
@@ -89,7 +102,7 @@ def test_jsonl_pairs_round_trip(tmp_path: Path, bert_tokenizer: Tokenizer):
                                       StreamOptions(batch_size=1, seed=0, shuffle=False),
                                       source_length=8, target_length=24)))
     weights = batch["decoder_weights"][0] == 1
-    decoded = bert_tokenizer.decode(batch["decoder_targets"][0][weights][:-1])
+    decoded = decode_text(bert_tokenizer, batch["decoder_targets"][0][weights][:-1])
     assert decoded == task.eval[0].target
 
 

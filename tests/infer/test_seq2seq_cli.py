@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from data.sentencepiece_tokenizer import train_tokenizer
+from data.seq2seq import decode_text
 from infer.engine import beam, seq2seq
 from infer.engine.load import Loaded, load
 from infer.score import score
@@ -58,10 +59,10 @@ def test_generate_writes_the_engine_output(seq2seq_workdir, tmp_path):
     assert set(record) == {"prompt_tokens", "tokens", "text"}
     loaded = load(seq2seq_workdir)
     tok = loaded.tokenizer
-    source = tok.encode("beam search").tolist() + [tok.eos_id]
+    source = tok.encode(" beam search").tolist() + [tok.eos_id]  # as data/seq2seq.py encodes
     assert record["prompt_tokens"] == [source]
     assert record["tokens"] == seq2seq.generate(loaded, [source], 6, eos_id=tok.eos_id)
-    assert record["text"] == [tok.decode(record["tokens"][0])]
+    assert record["text"] == [decode_text(tok, record["tokens"][0])]
     assert result.stdout == record["text"][0] + "\n"  # streamed: the target only
 
 

@@ -10,6 +10,7 @@ and compilation, which is what "it takes N minutes" means to a newcomer.
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def main(argv: list[str]) -> None:
     name = FLAGS.name or (os.path.splitext(os.path.basename(flagfile))[0] if flagfile else "")
     if not name:
         raise UserError("name the record with --name (train got no --flagfile to name it by)")
-    command = " ".join(["python", "-m", "train", *train_args])
+    command = shlex.join(["python", "-m", "train", *train_args])
     scratch = None
     if _flag_value(train_args, "workdir") is None or "--overwrite" not in train_args:
         # A fresh workdir, so the record is of one run from step 0 and not a resumed one.

@@ -92,12 +92,10 @@ def format_line(step: int, total: int, values: dict[str, Any]) -> str:
         parts.append(f"eval_loss {values['eval_loss']:.4f} (ppl {values['eval_ppl']:.1f})")
     for name in TASK_METRICS:
         if name in values:
-            parts.append(f"{name} {values[name]:.4f}" if name != "bleu"
-                         else f"bleu {values[name]:.2f}")
+            fmt = ".2f" if name == "bleu" else ".4f"  # BLEU is in 0..100
+            parts.append(f"{name} {values[name]:{fmt}}")
             if f"blind_{name}" in values:  # seq2seq: the source-blind answer's score
-                blind = values[f"blind_{name}"]
-                parts[-1] += f" (source-blind {blind:.2f})" if name == "bleu" else \
-                    f" (source-blind {blind:.4f})"
+                parts[-1] += f" (source-blind {values[f'blind_{name}']:{fmt}})"
             if f"{name}_low" in values:
                 parts[-1] += (f" (95% {values[f'{name}_low']:.4f}-{values[f'{name}_high']:.4f}, "
                               f"n {values[f'{name}_n']:.0f})")

@@ -67,6 +67,10 @@ def main(argv: list[str]) -> None:
     train_args = argv[1:]
     if train_args[:1] == ["--"]:
         train_args = train_args[1:]
+    if train_args and "--" not in sys.argv:
+        # absl drops the `--` itself; without it these are stray words, not train's flags.
+        raise UserError(f"unexpected arguments {train_args}; give train's flags after --, e.g. "
+                        "python -m benchmarks.training_run -- --flagfile=experiments/quickstart.flags")
     if not train_args:
         raise UserError("give train's flags after --, e.g. python -m benchmarks.training_run -- "
                         "--flagfile=experiments/quickstart.flags")

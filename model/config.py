@@ -200,15 +200,19 @@ _BERT = {"family": "encoder", "norm": "layernorm", "activation": "gelu", "positi
          "use_bias": True, "tie_embeddings": True, "norm_eps": 1e-12, "vocab_size": 30522,
          "max_len": 512, "post_norm": True, "embed_norm": True, "type_vocab_size": 2,
          "pooler": True, "num_labels": 2}  # 2 labels: the next-sentence head of pretraining
-# T5 v1.1: gated GELU, RMSNorm without bias, relative bias, untied output, no biases anywhere,
-# attention logits not scaled by head_dim**-0.5 (as in T5 checkpoints, so they convert exactly).
-# The N(0, 0.02) init stays T5's default although Mesh TF / HF T5 use fan-in scaling: on the
-# reverse-and-rename task of benchmarks/seq2seq_learning.py (d_model 64, 600 steps) tiny_t5
-# reached 91% exact match with it and 69% with --param_init=fan_in at lr 3e-3 (60% vs 5% at
-# 1e-3); benchmarks/results/2026-12-07-cpu-2core.json has the runs.
+# T5 v1.1: gated GELU, RMSNorm without bias, relative bias, untied output, no biases anywhere.
+# Trained from scratch, the presets scale attention logits by head_dim**-0.5 and use fan-in init
+# (Mesh TF / HF T5's variance scaling). T5 checkpoints leave logits unscaled, with the factor
+# folded into the query weights; under Adam, whose step is the same size whatever the weight's
+# scale, those unscaled logits move sqrt(head_dim) times faster, and with N(0, 0.02) init the
+# cross-attention logits of a d_model 128 tiny_t5 reached std ~80 by step 300 and it learned
+# nothing of the reverse task (0% exact; 19.5% scaled with fan-in, benchmarks/seq2seq_learning.py
+# runs in benchmarks/results/2026-12-07-cpu-2core.json). HF import sets scale_attention=False,
+# so imported checkpoints compute exactly what they did; export folds the scale back
+# (model/hf/t5.py).
 _T5 = {"family": "encoder_decoder", "norm": "rmsnorm", "activation": "geglu",
        "positions": "relative", "use_bias": False, "tie_embeddings": False, "norm_eps": 1e-6,
-       "vocab_size": 32128, "max_len": 512, "scale_attention": False}
+       "vocab_size": 32128, "max_len": 512, "scale_attention": True, "param_init": "fan_in"}
 # Vaswani et al. 2017: post-LN, ReLU, sinusoidal positions, one embedding shared by encoder,
 # decoder and output (scaled by sqrt(d_model) on input). Fan-in init as in tensor2tensor: the
 # table N(0, 1/d_model), so the scaled embeddings start at unit RMS like the sinusoids beside

@@ -1,6 +1,13 @@
 """T5 (`T5ForConditionalGeneration`), v1.0 (ReLU, tied output scaled by d_model**-0.5) and v1.1
 / Flan (gated GELU, untied output): RMSNorm without bias, no biases, relative position bias in
-the first layer of each stack shared by all layers, unscaled attention logits."""
+the first layer of each stack shared by all layers, unscaled attention logits.
+
+Our from-scratch T5 presets scale logits by head_dim**-0.5 (model/config.py says why); exporting
+one folds that factor into the query weights, as T5's own checkpoints hold it. The fold is a
+multiplication by a power of two, hence exact, when head_dim is a power of 4 (16, 64, 256);
+otherwise each query weight takes one rounding. Import always gives scale_attention=False."""
+
+import numpy as np
 
 from model.config import ModelConfig
 from model.hf.fields import need, refuse_unless
@@ -40,7 +47,7 @@ def config_from_hf(hf: dict, architecture: str, source: str) -> ModelConfig:
 def mismatches(cfg: ModelConfig, architecture: str) -> list[str]:
     want = {"family": "encoder_decoder", "norm": "rmsnorm", "positions": "relative",
             "use_bias": False, "post_norm": False, "embed_norm": False,
-            "scale_embeddings": False, "scale_attention": False, "num_kv_heads": cfg.num_heads}
+            "scale_embeddings": False, "num_kv_heads": cfg.num_heads}
     bad = [f"{k}={getattr(cfg, k)}" for k, v in want.items() if getattr(cfg, k) != v]
     return bad + ([] if cfg.activation in _FEED_FORWARD.values() else
                   [f"activation={cfg.activation}"])
@@ -59,9 +66,18 @@ def config_to_hf(cfg: ModelConfig, architecture: str) -> dict:
             "is_encoder_decoder": True}
 
 
-def _attention(theirs: str, ours: str, n: int) -> list[Rule]:
+def _scaled(rule: Rule, factor: float) -> Rule:
+    """`rule` with HF's tensor = ours * factor (the logit scale folded into the query)."""
+    return Rule(rule.hf, rule.ours,
+                lambda w, s: rule.to_ours((w / np.float32(factor)).astype(w.dtype), s),
+                lambda a: (rule.to_hf(a) * np.float32(factor)).astype(a[0].dtype), rule.layers)
+
+
+def _attention(cfg: ModelConfig, theirs: str, ours: str, n: int) -> list[Rule]:
     out = [linear(f"{theirs}.{p}.weight", f"{ours}/{name}_kernel", n)
            for p, name in (("q", "query"), ("k", "key"), ("v", "value"))]
+    if cfg.scale_attention:
+        out[0] = _scaled(out[0], cfg.resolved_head_dim ** -0.5)
     return [*out, linear(f"{theirs}.o.weight", f"{ours}/out_kernel", n, in_dims=2)]
 
 
@@ -76,13 +92,13 @@ def rules(cfg: ModelConfig, architecture: str) -> list[Rule]:
     out = [same("shared.weight", "embed/embedding")]
     for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.decoder_layers)):
         block, ours = f"{stack}.block.{{i}}.layer.", f"{stack}/layers/"
-        out += _attention(block + "0.SelfAttention", ours + "attention", n)
+        out += _attention(cfg, block + "0.SelfAttention", ours + "attention", n)
         out.append(same(block + "0.layer_norm.weight", ours + "attention_norm/scale", n))
         out.append(same(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                         f"{stack}/relpos_bias/embedding"))
         mlp = 1
         if stack == "decoder":
-            out += _attention(block + "1.EncDecAttention", ours + "cross_attention", n)
+            out += _attention(cfg, block + "1.EncDecAttention", ours + "cross_attention", n)
             out.append(same(block + "1.layer_norm.weight", ours + "cross_attention_norm/scale", n))
             mlp = 2
         out += _mlp(f"{block}{mlp}.DenseReluDense", ours + "mlp", n, gated)

@@ -120,8 +120,14 @@ def test_ours_hf_ours_is_bit_identical_and_loads_cleanly(preset, tmp_path):
     loaded = load(str(tmp_path / "again"))
     after = traverse_util.flatten_dict(jax.device_get(loaded.params["params"]), sep="/")
     assert sorted(after) == sorted(before)
+    # A from-scratch T5 scales its logits; HF T5 holds that factor in the query weights, so the
+    # import (unscaled, as every T5 checkpoint) has queries times head_dim**-0.5: exactly, a
+    # power of two at head_dim 16.
+    fold = cfg.resolved_head_dim ** -0.5 if cfg.positions == "relative" else 1.0
+    assert fold in (1.0, 0.25) and loaded.config.scale_attention == (fold == 1.0)
     for key, value in before.items():
-        assert after[key].dtype == value.dtype and after[key].tobytes() == value.tobytes(), key
+        want = value * np.float32(fold) if key.endswith("query_kernel") else value
+        assert after[key].dtype == value.dtype and after[key].tobytes() == want.tobytes(), key
     ids = tokens(cfg.vocab_size, length=9)
     with torch.no_grad():
         if cfg.family == "encoder_decoder":

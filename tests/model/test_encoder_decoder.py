@@ -147,12 +147,14 @@ def test_decoder_logits_read_the_source_and_not_its_padding(tiny, preset):
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["tiny_t5", "tiny_transformer"])
-def test_fan_in_init_scales_every_matrix_by_its_fan_in(tiny, preset):
-    """--param_init=fan_in (Vaswani's default): each matrix N(0, 1/fan_in), T5's query also
-    /sqrt(head_dim) (its logits are unscaled), tables at unit RMS after any sqrt(d) scaling;
-    normal (T5's default, measured better by benchmarks/seq2seq_learning.py) is N(0, 0.02)."""
-    cfg, _, params = tiny(preset, param_init="fan_in", d_model=128, mlp_dim=512)
+@pytest.mark.parametrize("preset,scaled", [("tiny_t5", True), ("tiny_t5", False),
+                                           ("tiny_transformer", True)])
+def test_fan_in_init_scales_every_matrix_by_its_fan_in(tiny, preset, scaled):
+    """--param_init=fan_in (every encoder-decoder preset's default): each matrix N(0, 1/fan_in),
+    the query also /sqrt(head_dim) where logits are unscaled (an imported T5), tables at unit RMS
+    after any sqrt(d) scaling; normal is N(0, 0.02)."""
+    cfg, _, params = tiny(preset, param_init="fan_in", d_model=128, mlp_dim=512,
+                          scale_attention=scaled)
     layer = params["params"]["decoder"]["layers"]
     d, hd = cfg.d_model, cfg.resolved_head_dim
     q_gain = 1.0 if cfg.scale_attention else hd ** -0.5
@@ -169,5 +171,5 @@ def test_fan_in_init_scales_every_matrix_by_its_fan_in(tiny, preset):
     np.testing.assert_allclose(np.std(params["params"]["embed"]["embedding"]), embed_std, rtol=0.05)
     _, _, normal = tiny(preset, param_init="normal", d_model=128, mlp_dim=512)
     np.testing.assert_allclose(np.std(normal["params"]["embed"]["embedding"]), 0.02, rtol=0.05)
-    assert get_preset(preset).param_init == ("normal" if preset == "tiny_t5" else "fan_in")
+    assert get_preset(preset).param_init == "fan_in" and get_preset(preset).scale_attention
     assert get_preset("tiny_llama").param_init == get_preset("tiny_bert").param_init == "normal"

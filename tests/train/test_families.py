@@ -123,18 +123,22 @@ def test_classify_fine_tune_beats_the_majority_class(pretrained, tmp_path):
 
 
 def test_seq2seq_learns_and_reports_bleu(tmp_path):
+    # code -> signature (data/seq2seq.py): the answer is in the source, so a model that reads its
+    # encoder must beat the same loss with sources shuffled across examples and the BLEU of the
+    # best source-blind output. 400 steps of tiny_t5 on 8 fake devices measured: eval loss 1.74
+    # vs 3.24 shuffled, BLEU 30.1 vs 16.8 source-blind; a decoder ignoring its encoder would tie.
     cfg = SMALL.replace(workdir=str(tmp_path / "s2s"), preset="tiny_t5", objective="seq2seq",
-                        seq_len=64, target_len=16, batch_size=16, steps=60, warmup_steps=5,
-                        log_every=10, eval_every=60, eval_batches=4, bleu_examples=16,
-                        label_smoothing=0.1, save_every=60)
+                        data="stdlib_signatures", seq_len=64, target_len=24, batch_size=16,
+                        steps=400, warmup_steps=10, log_every=50, eval_every=400, eval_batches=8,
+                        bleu_examples=64, save_every=400)
     last = train(cfg)
     _assert_workdir_contract(cfg.workdir, "encoder_decoder")
     losses = [m["loss"] for m in _metrics(cfg.workdir)]
-    assert losses[0] > 5.5 and losses[-1] < losses[0] - 1.0
-    assert last["eval_loss"] < losses[0] - 1.0
-    assert np.isfinite(last["bleu"]) and 0.0 <= last["bleu"] <= 100.0
+    assert losses[0] > 3.5 and losses[-1] < losses[0] - 2.0  # the first is steps 1-50's mean
+    assert last["shuffled_source_loss"] > last["eval_loss"] + 0.8, last
+    assert last["bleu"] > last["blind_bleu"] + 8.0, last
     assert 0.0 < last["token_accuracy"] < 1.0
-    assert last["tokens_seen"] == 60 * 16 * (64 + 16)  # source + target tokens
+    assert last["tokens_seen"] == 400 * 16 * (64 + 24)  # source + target tokens
     assert 0 < last["mfu"] < 1
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from absl import logging
 
 from data.corpus import sample
 from data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
@@ -93,6 +94,10 @@ def train_tokenizer(
             model_writer=model,
             model_type="bpe",
             vocab_size=vocab_size,
+            # A ceiling, not a demand: a user's small .jsonl (dates, names) supports fewer pieces
+            # than the quickstart's --vocab_size, and refusing to train would stop them at step 0.
+            # Where the text supports vocab_size pieces the result is the same model either way.
+            hard_vocab_limit=False,
             byte_fallback=True,  # any byte sequence encodes; nothing maps to <unk>
             split_digits=True,
             # Identity normalisation and no dummy prefix make decode(encode(x)) == x for code.
@@ -121,7 +126,12 @@ def train_tokenizer(
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     with atomic_write(model_path, "wb") as f:
         f.write(model.getvalue())
-    return load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path)
+    if tokenizer.vocab_size < vocab_size:
+        logging.warning("the text supports %d tokenizer pieces, fewer than the %d asked for; "
+                        "trained %d (the model's extra vocabulary rows go unused)",
+                        tokenizer.vocab_size, vocab_size, tokenizer.vocab_size)
+    return tokenizer
 
 
 def load_tokenizer(path: str) -> Tokenizer | HFTokenizer:

@@ -198,3 +198,19 @@ def test_shuffled_source_loss_scores_each_target_with_the_next_rows_source():
     blind = objectives.seq2seq_stats(SourceBlind(), params, _seq2seq_batch())
     np.testing.assert_allclose(np.asarray(blind["shuffled_source_loss"]),
                                np.asarray(blind["loss"]), rtol=1e-6)
+
+
+def test_bleu_scores_short_targets_and_matches_sacrebleu_on_text():
+    import sacrebleu
+
+    from train.bleu import _scores
+    # Three-word targets have no 4-grams: plain corpus BLEU is 0 even for 3 of 4 exact answers.
+    hyps, refs = ["9 March 1987", "1 May 2000", "3 June 1999", "7 July 1901"], \
+        ["9 March 1987", "1 May 2000", "3 June 1999", "8 July 1901"]
+    assert sacrebleu.corpus_bleu(hyps, [refs]).score == 0.0
+    bleu, exact = _scores(hyps, refs)
+    assert exact == 0.75 and 70.0 < bleu < 100.0
+    # Where every order occurs it is sacrebleu's default score exactly.
+    hyps = ["def split(self, sep, maxsplit) returns parts", "the quick brown fox jumps"]
+    refs = ["def split(self, sep, maxsplit) returns pieces", "the quick brown fox leaps"]
+    assert _scores(hyps, refs)[0] == sacrebleu.corpus_bleu(hyps, [refs]).score

@@ -390,9 +390,13 @@ def _resolve_model(cfg: TrainConfig, task: Task, data: Data, tokenizer: Tokenize
     if pretrained is not None:
         _check_same_model(model_cfg, pretrained, cfg)
     if previous:
-        # A resumed run keeps the init it started with (runs from before param_init: normal).
+        # A resumed run keeps how it started where a preset's default changed under it: the init
+        # (runs from before param_init were "normal") and the T5 presets' attention scaling
+        # (unscaled before 2026-12-07), which no flag sets, so no flag could restore it.
+        saved = previous.get("model", {})
         model_cfg = model_cfg.replace(
-            param_init=previous.get("model", {}).get("param_init", "normal"))
+            param_init=saved.get("param_init", "normal"),
+            scale_attention=saved.get("scale_attention", model_cfg.scale_attention))
     if previous and previous.get("model", {}) | {"param_init": model_cfg.param_init} != (
             model_cfg.to_dict()):
         changed = sorted(k for k, v in model_cfg.to_dict().items()

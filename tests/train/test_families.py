@@ -186,3 +186,23 @@ def test_resume_is_bit_exact(tmp_path, tokenizers, compile_once, preset, objecti
     assert len(leaves_a) == len(leaves_b)
     for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_t5_run_from_before_scaled_attention_resumes_as_it_started(tmp_path, tokenizers):
+    # T5 presets scale attention logits since 2026-12-07; no flag sets it, so a workdir begun
+    # unscaled must resume unscaled (it was refused as "a different model" before).
+    cfg = SMALL.replace(workdir=str(tmp_path / "old"), preset="tiny_t5", objective="span",
+                        tokenizer=tokenizers["span"], vocab_size=None, steps=2, save_every=2)
+    train(cfg)
+    path = os.path.join(cfg.workdir, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    assert config["model"]["scale_attention"] is True
+    config["model"].update(scale_attention=False, param_init="normal")  # as an old run saved it
+    with open(path, "w") as f:
+        json.dump(config, f)
+    train(cfg.replace(steps=4))
+    with open(path) as f:
+        resumed = json.load(f)["model"]
+    assert resumed["scale_attention"] is False and resumed["param_init"] == "normal"
+    assert [m["step"] for m in _metrics(cfg.workdir)] == [1, 2, 3, 4]

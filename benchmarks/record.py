@@ -2,7 +2,9 @@
 appended with the command that made it, the device it ran on and the package versions, so a number
 can be traced and rerun. The device and versions come from runtime/provenance.py."""
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import shlex
@@ -19,22 +21,38 @@ def read_results(path: str) -> dict:
     """The results file at `path` ({"runs": []} if there is none yet)."""
     if not os.path.exists(path):
         return {"runs": []}
+    refused = UserError(f"--out={path} exists but is not a results file with a 'runs' list; "
+                        "move it or choose another --out")
     try:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
-        assert isinstance(results, dict) and isinstance(results.get("runs"), list)
-    except (OSError, ValueError, AssertionError):
-        raise UserError(f"--out={path} exists but is not a results file with a 'runs' list; "
-                        "move it or choose another --out") from None
+    except (OSError, ValueError):
+        raise refused from None
+    if not (isinstance(results, dict) and isinstance(results.get("runs"), list)):
+        raise refused
     return results
 
 
+@contextlib.contextmanager
+def _locked(path: str):
+    """Holds an exclusive lock on `path`.lock: two benchmarks finishing at once would otherwise
+    both read the file, each add its run and rename over the other's, losing one run. The lock
+    file stays (removing it would race a waiter that already opened it)."""
+    with open(f"{path}.lock", "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def merge_into(path: str, run: dict, header: dict) -> None:
-    """Appends `run` to the file's "runs" (earlier runs kept); the header fields are refreshed."""
-    results = read_results(path)
-    results = {**results, **header, "runs": [*results["runs"], run]}
+    """Appends `run` to the file's "runs" (earlier runs kept, concurrent writers serialised);
+    the header fields are refreshed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_json(path, results)
+    with _locked(path):
+        results = read_results(path)
+        write_json(path, {**results, **header, "runs": [*results["runs"], run]})
 
 
 def results_path(out: str) -> str:

@@ -4,6 +4,7 @@ merges, and bad input is one line with exit code 2. Real timings are a benchmark
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -52,3 +53,27 @@ def test_a_bad_results_file_is_refused_before_timing_and_kept(script, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --out={out} exists but is "
                                                             "not a results file")
     assert out.read_text() == '{"not": "runs"}'
+
+
+_WRITER = """
+import sys, time
+from benchmarks import record
+time.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # all start together, after imports
+for i in range(int(sys.argv[3])):
+    record.merge_into(sys.argv[1], {"writer": int(sys.argv[2]), "i": i}, {"date": "d"})
+"""
+
+
+def test_concurrent_writers_lose_no_run(tmp_path):
+    # Four processes appending 25 runs each to one file at once: without the lock, a writer's
+    # read-modify-rename overwrites another's and runs go missing.
+    out = tmp_path / "r.json"
+    start = str(time.time() + 8)
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(out), str(w), "25", start])
+             for w in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["writer"], r["i"]) for r in runs) == [(w, i) for w in range(4)
+                                                            for i in range(25)]
+    for w in range(4):  # and each writer's runs stay in its order
+        assert [r["i"] for r in runs if r["writer"] == w] == list(range(25))

@@ -15,6 +15,7 @@ from absl import flags
 
 from data.seq2seq import decode_text, encode_text
 from model.flags import define_model_flags
+from runtime import compilation_cache
 from runtime.command import run_command
 from runtime.errors import UserError
 from runtime.files import atomic_write
@@ -47,6 +48,7 @@ def define_flags() -> None:
                                        "Prompts are then decoded one at a time.")
     flags.DEFINE_integer("draft_tokens", 4, "Tokens the --draft model proposes per target "
                                             "forward pass (k, >= 1).")
+    compilation_cache.define_flag()
 
 
 def _prompts() -> list[str]:
@@ -66,22 +68,34 @@ def _prompts() -> list[str]:
 
 class _Stream:
     """Prints row 0's text as it grows. Callbacks may arrive out of step order, so tokens are
-    kept by step and only the contiguous prefix is decoded (whole, so a multi-byte character
-    split over tokens prints once complete)."""
+    kept by step and only the contiguous prefix is printed. Each token decodes a short window,
+    not the whole text so far (which made streaming n tokens O(n^2)): the text of the window's
+    tokens minus that of its tokens already printed (the window keeps printed tokens before
+    the new ones: the last printed chunk, which starts on a character boundary, because a
+    tokenizer drops the leading space of the first piece it decodes).
+    Text ending in a partial multi-byte character waits for the rest."""
 
     def __init__(self, decode):
-        self.decode, self.by_step, self.printed = decode, {}, ""
+        self.decode, self.by_step, self.ids, self.printed = decode, {}, [], ""
+        self.prefix, self.read = 0, 0  # window start; the first id not yet printed
 
     def __call__(self, step, tokens, done) -> None:
         self.by_step[int(step)] = None if bool(done[0]) else int(tokens[0])
-        ids = []
-        while len(ids) in self.by_step and self.by_step[len(ids)] is not None:
-            ids.append(self.by_step[len(ids)])
-        text = self.decode(ids)
-        if len(text) > len(self.printed) and not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(self.printed):])
+        while self.by_step.get(len(self.ids)) is not None:
+            self.ids.append(self.by_step.pop(len(self.ids)))
+        if len(self.ids) == self.read:
+            return
+        before = self.decode(self.ids[self.prefix:self.read])
+        text = self.decode(self.ids[self.prefix:])
+        if len(text) > len(before) and not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(before):])
             sys.stdout.flush()
-            self.printed = text
+            self.printed += text[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+
+    def rest(self, text: str) -> str:
+        """What of the whole generated `text` is still to print."""
+        return text[len(self.printed):] if text.startswith(self.printed) else "\n" + text
 
 
 def _check_search(sampling) -> None:
@@ -168,6 +182,7 @@ def main(argv: list[str]) -> None:
 
     if not FLAGS.checkpoint:
         raise UserError("--checkpoint is required")
+    compilation_cache.enable(FLAGS.compilation_cache)
     prompts = _prompts()
     sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p).validated()
     _check_search(sampling)
@@ -206,7 +221,7 @@ def main(argv: list[str]) -> None:
                            tok.eos_id, on_token=stream)
     texts = [decode(ids) for ids in out]
     if stream:
-        sys.stdout.write(texts[0][len(stream.printed):] + "\n")
+        sys.stdout.write(stream.rest(texts[0]) + "\n")
     elif seq2seq and len(prompts) == 1:
         print(texts[0])
     else:

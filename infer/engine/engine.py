@@ -1,5 +1,6 @@
 """KV-cache generation for decoder-only models: one prefill over the (left-padded) prompts, then
 the whole decode loop on device in a `lax.while_loop`, stopping at EOS or max_new_tokens.
+Streaming runs the same steps as a prefill program and then a few decode steps per call.
 
 Prompts of different lengths share one batch by left padding: padding has segment 0, so real
 tokens never attend to it, and positions count from each row's first real token. The cache is
@@ -32,11 +33,13 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array
     return {"k": zeros, "v": zeros, "k_scale": ones, "v_scale": ones}
 
 
-def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens int32[batch, longest], segments int32[batch, longest]: 1 real, 0 padding)."""
+def left_pad(prompts: list[list[int]], pad_id: int = 0,
+             length: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32[batch, L], segments int32[batch, L]: 1 real, 0 padding), L the longest
+    prompt or `length` if that is longer."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
-    longest = max(len(p) for p in prompts)
+    longest = max(length, *(len(p) for p in prompts))
     tokens = np.full((len(prompts), longest), pad_id, np.int32)
     segments = np.zeros_like(tokens)
     for row, prompt in enumerate(prompts):
@@ -45,13 +48,10 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.
     return tokens, segments
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id",
-                                             "on_token"))
-def generate_padded(model, params, tokens, segments, rng, *, max_new_tokens: int,
-                    sampling: Sampling, eos_id: int, on_token=None):
-    """The whole prefill + decode of left-padded `tokens` [batch, prompt_len] (`segments` 0 on
-    padding) as one compiled program; `generate` left-pads the prompts and calls it, the timing code
-    calls it on arrays it made."""
+def _prefill(model, params, tokens, segments, rng, max_new_tokens: int, sampling: Sampling,
+             eos_id: int) -> tuple:
+    """Prefill of left-padded `tokens`: the decode loop's first carry (step 0, the first
+    token, the output buffer, done flags, cache, cache segments, next positions, rng)."""
     batch, prompt_len = tokens.shape
     total = prompt_len + max_new_tokens
     positions = jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
@@ -62,31 +62,84 @@ def generate_padded(model, params, tokens, segments, rng, *, max_new_tokens: int
     rng, step_rng = jax.random.split(rng)
     first = sample(logits[:, -1], step_rng, sampling)
     out = jnp.full((batch, max_new_tokens), eos_id, jnp.int32)
+    done = jnp.zeros((batch,), bool)
+    return (0, first, out, done, cache, kv_segments, positions[:, -1] + 1, rng)
+
+
+def _decode(model, params, carry: tuple, stop, prompt_len: int, sampling: Sampling,
+            eos_id: int) -> tuple:
+    """Runs decode steps from the carry's step until `stop` (or every row's EOS): step i records
+    the token chosen before it and feeds it through the cache to choose the next."""
 
     def cond(carry):
         i, _, _, done, *_ = carry
-        return (i < max_new_tokens) & ~jnp.all(done)
+        return (i < stop) & ~jnp.all(done)
 
     def body(carry):
         i, token, out, done, cache, kv_segments, position, rng = carry
         out = out.at[:, i].set(jnp.where(done, eos_id, token))
         done = done | (token == eos_id)
-        if on_token is not None:
-            # Unordered (ordered effects are single-device only): the callee orders by step.
-            jax.debug.callback(on_token, i, token, done)
         slot = prompt_len + i
         kv_segments = kv_segments.at[:, slot].set(1)
-        ones = jnp.ones((batch, 1), jnp.int32)
+        ones = jnp.ones((token.shape[0], 1), jnp.int32)
         logits, cache = model.apply(params, token[:, None], position[:, None], ones, cache, slot,
                                     kv_segments)
         rng, step_rng = jax.random.split(rng)
         token = sample(logits[:, -1], step_rng, sampling)
         return i + 1, token, out, done, cache, kv_segments, position + 1, rng
 
-    done = jnp.zeros((batch,), bool)
-    carry = (0, first, out, done, cache, kv_segments, positions[:, -1] + 1, rng)
-    i, _, out, done, *_ = jax.lax.while_loop(cond, body, carry)
+    return jax.lax.while_loop(cond, body, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id"))
+def generate_padded(model, params, tokens, segments, rng, *, max_new_tokens: int,
+                    sampling: Sampling, eos_id: int):
+    """The whole prefill + decode of left-padded `tokens` [batch, prompt_len] (`segments` 0 on
+    padding) as one compiled program: (out int32[batch, max_new_tokens], steps run); `generate`
+    left-pads the prompts and calls it, the timing code calls it on arrays it made."""
+    carry = _prefill(model, params, tokens, segments, rng, max_new_tokens, sampling, eos_id)
+    i, _, out, *_ = _decode(model, params, carry, max_new_tokens, tokens.shape[1], sampling,
+                            eos_id)
     return out, i
+
+
+_start = jax.jit(_prefill, static_argnames=("model", "max_new_tokens", "sampling", "eos_id"))
+# The carry (its cache above all) is donated: each chunk updates it in place.
+_advance = jax.jit(_decode, static_argnames=("model", "prompt_len", "sampling", "eos_id"),
+                   donate_argnames=("carry",))
+
+
+def _streamed(loaded, tokens, segments, rng, max_new_tokens: int, sampling: Sampling,
+              eos_id: int, on_token, chunk: int):
+    """`generate_padded`'s tokens, computed by the same steps as a prefill program and then
+    `chunk` decode steps per call, reporting each step's tokens to `on_token` after its call.
+    Streaming by a host callback inside the loop instead would sync with the host every token
+    and make the program uncacheable (JAX does not persist programs with host callbacks)."""
+    model, params, prompt_len = loaded.model, loaded.params, tokens.shape[1]
+    carry = _start(model, params, tokens, segments, rng, max_new_tokens, sampling, eos_id)
+    first = np.asarray(carry[1])
+    on_token(0, first, first == eos_id)
+    shown, stop = 1, 1
+    while True:
+        stop = min(stop + chunk, max_new_tokens)
+        carry = _advance(model, params, carry, jnp.int32(stop), prompt_len, sampling, eos_id)
+        i, out = int(carry[0]), np.asarray(carry[2])
+        # out[:, step] is final for step < i; step i's token is in the carry, chosen already.
+        for step in range(shown, i):
+            on_token(step, out[:, step], np.any(out[:, :step + 1] == eos_id, axis=1))
+        shown = i
+        if i >= max_new_tokens or bool(np.all(carry[3])):
+            return carry[2]
+
+
+def prompt_bucket(prompt_len: int, max_new_tokens: int, max_len: int) -> int:
+    """The padded prompt length a batch is compiled for: the next power of two from 16 up, so
+    prompts of new lengths reuse a compiled program (in this process, and from the persistent
+    compilation cache in the next), capped where prompt + new tokens would pass the context.
+    Padding is masked (segment 0) and positions count real tokens only, so the tokens chosen
+    do not depend on the bucket beyond float rounding of the longer masked reductions."""
+    bucket = max(16, 1 << (prompt_len - 1).bit_length())
+    return max(prompt_len, min(bucket, max_len - max_new_tokens))
 
 
 def check_lengths(cfg, prompt_len: int, max_new_tokens: int, role: str = "model's") -> None:
@@ -101,17 +154,25 @@ def check_lengths(cfg, prompt_len: int, max_new_tokens: int, role: str = "model'
 
 def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
              sampling: Sampling | None = None, seed: int = 0, eos_id: int = -1,
-             on_token=None) -> list[list[int]]:
-    """Generated ids per prompt (EOS and anything after it excluded). `on_token(step, tokens,
-    done)` is called on the host as each step's tokens are chosen (for streaming)."""
+             on_token=None, chunk: int = 8) -> list[list[int]]:
+    """Generated ids per prompt (EOS and anything after it excluded). With `on_token`, it is
+    called as on_token(step, tokens int32[batch], done bool[batch]) for every step in order,
+    the first as soon as the prefill has chosen it, then after each `chunk` decode steps."""
     cfg = loaded.config
     sampling = sampling or Sampling()
-    tokens, segments = left_pad(prompts)
-    check_lengths(cfg, tokens.shape[1], max_new_tokens)
+    longest = max((len(p) for p in prompts), default=0)
+    check_lengths(cfg, longest, max_new_tokens)
+    tokens, segments = left_pad(prompts, length=prompt_bucket(longest, max_new_tokens,
+                                                              cfg.max_len))
+    rng, sampling = jax.random.PRNGKey(seed), sampling.validated()
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
-        out, _ = generate_padded(loaded.model, loaded.params, tokens, segments, jax.random.PRNGKey(seed),
-                           max_new_tokens=max_new_tokens, sampling=sampling.validated(),
-                           eos_id=eos_id, on_token=on_token)
+        if on_token is None:
+            out, _ = generate_padded(loaded.model, loaded.params, tokens, segments, rng,
+                                     max_new_tokens=max_new_tokens, sampling=sampling,
+                                     eos_id=eos_id)
+        else:
+            out = _streamed(loaded, tokens, segments, rng, max_new_tokens, sampling, eos_id,
+                            on_token, chunk)
     rows = []
     for row in np.asarray(jax.device_get(out)).tolist():
         rows.append(row[:row.index(eos_id)] if eos_id in row else row)

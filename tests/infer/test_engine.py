@@ -102,3 +102,44 @@ def test_cached_logits_equal_full_forward(preset):
         for j, step_logits in enumerate(steps):
             np.testing.assert_allclose(step_logits[row], reference[len(seq) - prefix - 1 + j],
                                        atol=1e-5)
+
+
+def test_prompt_lengths_share_a_bucket_and_its_compiled_program():
+    from infer.engine.engine import generate_padded, left_pad, prompt_bucket
+
+    assert [prompt_bucket(n, 8, 128) for n in (1, 16, 17, 33, 100, 120)] == [16, 16, 32, 64,
+                                                                             120, 120]
+    assert prompt_bucket(70, 20, 128) == 108  # capped by the context, never below the prompt
+    loaded = _loaded("tiny_llama")
+    generate(loaded, [PROMPTS[0]], max_new_tokens=6)  # length 5: bucket 16
+    for prompt in ([1, 2, 3], PROMPTS[2], list(range(3, 17))):  # lengths 3, 9, 14
+        compiled = generate_padded._cache_size()
+        got = generate(loaded, [prompt], max_new_tokens=6)[0]
+        assert generate_padded._cache_size() == compiled  # no new program for a new length
+        tokens, segments = left_pad([prompt])  # unpadded, as before buckets
+        exact, _ = generate_padded(loaded.model, loaded.params, tokens, segments,
+                                   jax.random.PRNGKey(0), max_new_tokens=6,
+                                   sampling=Sampling().validated(), eos_id=-1)
+        assert got == np.asarray(exact)[0].tolist()
+
+
+def test_streaming_reports_every_step_in_order_and_equals_one_program():
+    # Sampled, with an EOS that stops some rows early: the chunked streaming loop chooses the
+    # same tokens as the single prefill + decode program, and reports each step once, in order,
+    # with the rows that are done.
+    loaded = _loaded("tiny_gpt")
+    hot = Sampling(temperature=1.5, top_k=50)
+    free = generate(loaded, PROMPTS, max_new_tokens=11, sampling=hot, seed=4)
+    eos = free[0][5]
+    whole = generate(loaded, PROMPTS, max_new_tokens=11, sampling=hot, seed=4, eos_id=eos)
+    seen = []
+    streamed = generate(loaded, PROMPTS, max_new_tokens=11, sampling=hot, seed=4, eos_id=eos,
+                        on_token=lambda step, tokens, done: seen.append(
+                            (step, tokens.tolist(), done.tolist())), chunk=3)
+    assert streamed == whole and len(whole[0]) < 11
+    assert [step for step, _, _ in seen] == list(range(len(seen)))
+    for row, ids in enumerate(whole):
+        for step, tokens, done in seen:
+            assert done[row] == (step >= len(ids))
+            if step < len(ids):
+                assert tokens[row] == ids[step]

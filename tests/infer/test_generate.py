@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from infer.engine.engine import generate
@@ -79,3 +80,49 @@ def test_model_without_tokenizer_says_so(workdir, tmp_path):
     (bare / "tokenizer.model").unlink()
     result = _cli(f"--checkpoint={bare}", "--prompt=x")
     assert result.returncode == 2 and "no tokenizer" in result.stderr
+
+
+def test_streaming_prints_the_whole_text_decoding_only_short_windows(tmp_path, capsys):
+    # A text with multi-byte characters the tokenizer spells in bytes (byte fallback), streamed
+    # one token a callback in a shuffled order: what is printed, plus the rest the CLI adds at
+    # the end, is the decode of all ids, and no callback decodes more than a short window.
+    from data.sentencepiece_tokenizer import train_tokenizer
+    from infer.generate import _Stream
+
+    corpus = [f"def f{i}(x):\n    return x * {i}  # café\n" for i in range(300)]
+    tok = train_tokenizer(corpus, 300, str(tmp_path / "t.model"))
+    ids = tok.encode("def g(y):\n    return y + 1  # naïve € 日本語 ok\n" * 8).tolist()
+    assert any(tok.decode([i]) == "\ufffd" for i in ids)  # some pieces are single bytes
+    windows = {}
+    for name, order in (("in order", np.arange(len(ids))),
+                        ("shuffled", np.random.default_rng(0).permutation(len(ids)))):
+        lengths = windows[name] = []
+        stream = _Stream(lambda window, seen=lengths: seen.append(len(window)) or
+                         tok.decode(window))
+        for step in order:
+            stream(step, np.array([ids[step]]), np.array([False]))
+        printed = capsys.readouterr().out
+        assert printed == stream.printed
+        assert printed + stream.rest(tok.decode(ids)) == tok.decode(ids)
+        assert len(printed) > 0.9 * len(tok.decode(ids))
+        assert sum(lengths) < 8 * len(ids)  # O(n): the whole-prefix decode summed to ~n^2 / 2
+    assert max(windows["in order"]) <= 12  # a token or a few, plus the last printed chunk
+
+
+def test_a_second_run_loads_its_programs_from_the_compilation_cache(workdir, tmp_path):
+    # The first run compiles and writes the cache; the second, with another prompt of the same
+    # bucket, finds every program there (no new entries) and prints the same as an uncached run.
+    cache = tmp_path / "cache"
+    first = _cli(f"--checkpoint={workdir}", "--prompt=def f(x):", "--max_new_tokens=6",
+                 f"--compilation_cache={cache}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries  # the generate program at least
+    second = _cli(f"--checkpoint={workdir}", "--prompt=class A:", "--max_new_tokens=6",
+                  f"--compilation_cache={cache}")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    uncached = _cli(f"--checkpoint={workdir}", "--prompt=class A:", "--max_new_tokens=6",
+                    "--compilation_cache=")
+    assert uncached.stdout == second.stdout
+    assert not (tmp_path / "meshlm").exists()

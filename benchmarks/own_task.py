@@ -97,8 +97,7 @@ def main(argv: list[str]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     partial = FLAGS.out + ".partial"
     with open(partial, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     os.replace(partial, FLAGS.out)  # a crash never leaves a half-written task behind
     print(f"wrote {len(rows)} {FLAGS.task} pairs to {FLAGS.out}, e.g. "
           f"{rows[0]['source']!r} -> {rows[0]['target']!r}")

@@ -59,21 +59,26 @@ def decode_rate(generate, batch: int, new_tokens: int) -> float:
 
 def measure(sides: dict, batch: int, new_tokens: int, repeats: int, base: str = "fp32") -> dict:
     """Every round times each side once, back to back, so load that comes and goes on a shared
-    machine reaches all sides alike; ratios to our unquantized model (`base` names its dtype)
-    are medians over rounds."""
+    machine reaches all sides alike. Each side's decode tok/s is the median over rounds with its
+    min and max; its ratio to our unquantized model (`base` names its dtype) is the ratio of
+    those medians, so it follows from the numbers shown beside it, and the per-round ratios are
+    kept as its spread."""
     for generate in sides.values():  # warm-up: compiles, allocates caches
         generate(1), generate(new_tokens)
     rounds = [{name: decode_rate(g, batch, new_tokens) for name, g in sides.items()}
               for _ in range(repeats)]
-    out = {name: {"decode_tokens_per_s": statistics.median(r[name] for r in rounds)}
-           for name in sides}
+    out = {}
     for name in sides:
-        per_round = [r[name] / r["ours none"] for r in rounds]
-        out[name][f"ratio_to_ours_{base}"] = statistics.median(per_round)
-        out[name]["ratio_per_round"] = per_round
+        rates = [r[name] for r in rounds]
+        out[name] = {"decode_tokens_per_s": statistics.median(rates),
+                     "decode_tokens_per_s_min": min(rates), "decode_tokens_per_s_max": max(rates)}
+    for name in sides:
+        out[name][f"ratio_to_ours_{base}"] = (out[name]["decode_tokens_per_s"]
+                                              / out["ours none"]["decode_tokens_per_s"])
+        out[name]["ratio_per_round"] = [r[name] / r["ours none"] for r in rounds]
     if "hf fp32" in sides and "hf int8" in sides:
-        out["hf int8"]["ratio_to_hf_fp32"] = statistics.median(
-            r["hf int8"] / r["hf fp32"] for r in rounds)
+        out["hf int8"]["ratio_to_hf_fp32"] = (out["hf int8"]["decode_tokens_per_s"]
+                                              / out["hf fp32"]["decode_tokens_per_s"])
     return out
 
 

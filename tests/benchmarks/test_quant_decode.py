@@ -18,3 +18,25 @@ def test_decode_rate_and_ratio_from_known_times():
     assert out["hf fp32"]["ratio_to_ours_bf16"] == pytest.approx(0.5)
     assert out["hf int8"]["ratio_to_hf_fp32"] == pytest.approx(2.0)
     assert out["ours none"]["ratio_per_round"] == [1.0, 1.0, 1.0]
+
+
+
+def _side(per_token_by_round):
+    """A side whose run of n tokens takes 0.1 s + n * that round's per-token time (the warm-up's
+    calls use the first round's)."""
+    calls = iter([t for t in [per_token_by_round[0], *per_token_by_round] for _ in (1, 2)])
+    return lambda n: 0.1 + next(calls) * n
+
+
+def test_a_ratio_is_the_ratio_of_the_medians_shown():
+    # Rounds where load hit the sides differently: ours none decodes at 100, 50, 25 tok/s,
+    # ours int8 at 50, 25, 200. Medians 50 and 50: the ratio shown must be 1.0, where the median
+    # of per-round ratios (0.5, 0.5, 8) would say 0.5.
+    sides = {"ours none": _side([0.01, 0.02, 0.04]), "ours int8": _side([0.02, 0.04, 0.005])}
+    out = measure(sides, batch=1, new_tokens=9, repeats=3)
+    assert out["ours none"]["decode_tokens_per_s"] == pytest.approx(50)
+    assert out["ours int8"]["decode_tokens_per_s"] == pytest.approx(50)
+    assert out["ours int8"]["decode_tokens_per_s_min"] == pytest.approx(25)
+    assert out["ours int8"]["decode_tokens_per_s_max"] == pytest.approx(200)
+    assert out["ours int8"]["ratio_to_ours_fp32"] == pytest.approx(1.0)
+    assert out["ours int8"]["ratio_per_round"] == pytest.approx([0.5, 0.5, 8.0])

@@ -19,7 +19,7 @@ TYPES = sweep_spec.field_types()
 
 
 def test_there_are_experiments():
-    assert len(FLAG_FILES) >= 15 and len(PAPERS) == 4
+    assert len(FLAG_FILES) >= 15 and len(PAPERS) == 6
 
 
 @pytest.mark.parametrize("path", FLAG_FILES, ids=lambda p: str(p.relative_to(ROOT)))

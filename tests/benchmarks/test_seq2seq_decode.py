@@ -24,4 +24,6 @@ def test_smoke_run_records_both_paths(tmp_path):
                 spread = result[path][kind]
                 assert all(math.isfinite(v) and v > 0 for v in spread.values())
                 assert spread["min"] <= spread["median"] <= spread["max"]
-        assert result["ratio_new_to_old"]["decode"]["median"] > 0
+        ratio = result["ratio_new_to_old"]["decode"]
+        assert ratio["of_medians"] == (result["new"]["decode_tokens_per_s"]["median"]
+                                       / result["old"]["decode_tokens_per_s"]["median"])

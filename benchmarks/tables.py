@@ -1,0 +1,142 @@
+"""`python -m benchmarks.tables [--check]`: renders the measured tables of README.md and docs/*.md
+from the records in benchmarks/results/*.json, so that a table can only say what a record says.
+
+A rendered table sits in the markdown between `<!-- table: NAME -->` and `<!-- end table -->`;
+NAME is one of TABLES below, each naming the records it reads (file, benchmark, time: a new run
+never changes a table until its spec points at it). Without --check every block is rewritten in
+place; with --check nothing is written and a block that differs from its rendering is an error
+(exit 1), which tests/benchmarks/test_tables.py runs. Ratios are computed here from the medians
+the table shows (docs/benchmarks.md).
+"""
+
+import json
+import os
+import re
+import sys
+
+from absl import flags
+
+from benchmarks.record import RESULTS
+from runtime.command import run_command
+from runtime.errors import UserError
+from runtime.files import atomic_write
+
+FLAGS = flags.FLAGS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end table -->)",
+                   re.DOTALL)
+
+
+def define_flags() -> None:
+    flags.DEFINE_bool("check", False, "Only compare: exit 1 if a table in the docs differs from "
+                                      "what its records render (nothing is written).")
+
+
+def find_record(file: str, benchmark: str, time: str) -> dict:
+    """The run of `benchmark` recorded at `time` in benchmarks/results/`file`."""
+    path = os.path.join(RESULTS, file)
+    with open(path, encoding="utf-8") as f:
+        runs = json.load(f)["runs"]
+    found = [r for r in runs if r["benchmark"] == benchmark and r["time"] == time]
+    if len(found) != 1:
+        raise UserError(f"{file} has {len(found)} {benchmark} runs at {time}; a table spec "
+                        f"must name exactly one")
+    return found[0]
+
+
+def _range(spread: dict, digits: int = 1) -> str:
+    return f"{spread['min']:.{digits}f}-{spread['max']:.{digits}f}"
+
+
+def seq2seq_decode(specs: list[tuple[str, str]]) -> list[str]:
+    """Old vs new encoder-decoder greedy decode, one row per run and batch size."""
+    header = ("| run (record) | batch | old loop tok/s (min-max) | new loop tok/s (min-max) | "
+              "new / old (per round) |")
+    lines = [header, "|---|---|---|---|---|"]
+    for file, time in specs:
+        run = find_record(file, "seq2seq_decode", time)
+        for batch, result in run["results"].items():
+            if result.get("outputs_equal") is not True:
+                raise UserError(f"{file} {time}: batch {batch} has no equal outputs; no ratio")
+            old, new = (result[p]["decode_tokens_per_s"] for p in ("old", "new"))
+            per_round = result["ratio_new_to_old"]["decode"]
+            lines.append(f"| {file} {time[11:16]} | {batch} | {old['median']:.1f} "
+                         f"({_range(old)}) | {new['median']:.1f} ({_range(new)}) | "
+                         f"**{new['median'] / old['median']:.2f}×** "
+                         f"({_range(per_round, 2)}) |")
+    return lines
+
+
+def generate_startup(specs: list[tuple[str, str]]) -> list[str]:
+    """Cold vs warm time to first token (and to exit) of `python -m infer.generate`."""
+    header = ("| run (record) | cold: empty cache, TTFT s (min-max) | warm: filled cache, TTFT s "
+              "(min-max) | cold / warm | exit s, cold / warm |")
+    lines = [header, "|---|---|---|---|---|"]
+    for file, time in specs:
+        run = find_record(file, "generate_startup", time)
+        cold, warm = run["cold"], run["warm"]
+        lines.append(f"| {file} {time[11:16]} | {cold['ttft_s']['median']:.2f} "
+                     f"({_range(cold['ttft_s'], 2)}) | {warm['ttft_s']['median']:.2f} "
+                     f"({_range(warm['ttft_s'], 2)}) | "
+                     f"**{cold['ttft_s']['median'] / warm['ttft_s']['median']:.2f}×** | "
+                     f"{cold['total_s']['median']:.2f} / {warm['total_s']['median']:.2f} |")
+    return lines
+
+
+# NAME -> (renderer, the records it reads).
+TABLES = {
+    "seq2seq-decode": (seq2seq_decode, [("2026-12-07-cpu-2core.json", "2026-12-07T20:46:36"),
+                                        ("2026-12-08-cpu-2core.json", "2026-12-08T00:26:25")]),
+    "generate-startup": (generate_startup, []),
+}
+
+
+def render(name: str) -> str:
+    if name not in TABLES:
+        raise UserError(f"a docs table names unknown table {name!r}; known: {sorted(TABLES)}")
+    renderer, specs = TABLES[name]
+    return "\n".join(renderer(specs)) + "\n"
+
+
+def documents() -> list[str]:
+    docs = os.path.join(ROOT, "docs")
+    return [os.path.join(ROOT, "README.md"),
+            *sorted(os.path.join(docs, n) for n in os.listdir(docs) if n.endswith(".md"))]
+
+
+def stale_blocks(path: str) -> tuple[str, list[str]]:
+    """(the document with every table block re-rendered, the names of blocks that changed)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    changed = []
+
+    def replace(match: re.Match) -> str:
+        fresh = render(match["name"])
+        if fresh != match["body"]:
+            changed.append(match["name"])
+        return match.group(1) + fresh + match.group(4)
+
+    return BLOCK.sub(replace, text), changed
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    stale = []
+    for path in documents():
+        text, changed = stale_blocks(path)
+        rel = os.path.relpath(path, ROOT)
+        stale += [f"{rel}: {name}" for name in changed]
+        if changed and not FLAGS.check:
+            with atomic_write(path) as f:
+                f.write(text)
+            print(f"rewrote {rel}: {', '.join(changed)}")
+    if FLAGS.check and stale:
+        print("error: tables differ from their records (run python -m benchmarks.tables): "
+              + "; ".join(stale), file=sys.stderr)
+        sys.exit(1)
+    if not stale:
+        print("every table matches its records")
+
+
+if __name__ == "__main__":
+    run_command(main, define_flags, "benchmarks.tables")

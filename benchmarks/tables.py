@@ -87,7 +87,8 @@ def generate_startup(specs: list[tuple[str, str]]) -> list[str]:
 TABLES = {
     "seq2seq-decode": (seq2seq_decode, [("2026-12-07-cpu-2core.json", "2026-12-07T20:46:36"),
                                         ("2026-12-08-cpu-2core.json", "2026-12-08T00:26:25")]),
-    "generate-startup": (generate_startup, []),
+    "generate-startup": (generate_startup, [("2026-12-08-cpu-2core.json",
+                                              "2026-12-08T00:38:09")]),
 }
 
 

@@ -9,6 +9,7 @@ reads without transposing) and updated in place.
 """
 
 import functools
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -103,33 +104,38 @@ def generate_padded(model, params, tokens, segments, rng, *, max_new_tokens: int
     return out, i
 
 
+STREAM_CHUNK = 8  # decode steps per call when streaming: one host sync per 8 tokens
+
 _start = jax.jit(_prefill, static_argnames=("model", "max_new_tokens", "sampling", "eos_id"))
 # The carry (its cache above all) is donated: each chunk updates it in place.
 _advance = jax.jit(_decode, static_argnames=("model", "prompt_len", "sampling", "eos_id"),
                    donate_argnames=("carry",))
 
 
-def _streamed(loaded, tokens, segments, rng, max_new_tokens: int, sampling: Sampling,
-              eos_id: int, on_token, chunk: int):
-    """`generate_padded`'s tokens, computed by the same steps as a prefill program and then
-    `chunk` decode steps per call, reporting each step's tokens to `on_token` after its call.
-    Streaming by a host callback inside the loop instead would sync with the host every token
-    and make the program uncacheable (JAX does not persist programs with host callbacks)."""
+def decode_chunks(loaded, tokens, segments, rng, *, max_new_tokens: int, sampling: Sampling,
+                  eos_id: int, chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """`generate_padded`'s steps as a prefill program and then `chunk` decode steps per call,
+    each call's tokens yielded on the host as (first step, tokens int32[batch, k], done
+    bool[batch, k]: whether the row has ended by that step, its EOS included). The prefill's
+    yield holds the first token alone; the last call stops at max_new_tokens or when every row
+    is done. Streaming by a host callback inside one loop instead would sync with the host
+    every token and make the program uncacheable (JAX does not persist programs with host
+    callbacks)."""
     model, params, prompt_len = loaded.model, loaded.params, tokens.shape[1]
     carry = _start(model, params, tokens, segments, rng, max_new_tokens, sampling, eos_id)
-    first = np.asarray(carry[1])
-    on_token(0, first, first == eos_id)
-    shown, stop = 1, 1
-    while True:
-        stop = min(stop + chunk, max_new_tokens)
+    first = np.asarray(carry[1])[:, None]
+    yield 0, first, first == eos_id
+    shown = 1
+    while shown < max_new_tokens:
+        stop = min(shown + chunk, max_new_tokens)
         carry = _advance(model, params, carry, jnp.int32(stop), prompt_len, sampling, eos_id)
         i, out = int(carry[0]), np.asarray(carry[2])
         # out[:, step] is final for step < i; step i's token is in the carry, chosen already.
-        for step in range(shown, i):
-            on_token(step, out[:, step], np.any(out[:, :step + 1] == eos_id, axis=1))
+        ended = np.cumsum(out[:, :i] == eos_id, axis=1) > 0
+        yield shown, out[:, shown:i], ended[:, shown:i]
+        if i < stop:  # every row was done
+            return
         shown = i
-        if i >= max_new_tokens or bool(np.all(carry[3])):
-            return carry[2]
 
 
 def prompt_bucket(prompt_len: int, max_new_tokens: int, max_len: int) -> int:
@@ -154,7 +160,7 @@ def check_lengths(cfg, prompt_len: int, max_new_tokens: int, role: str = "model'
 
 def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
              sampling: Sampling | None = None, seed: int = 0, eos_id: int = -1,
-             on_token=None, chunk: int = 8) -> list[list[int]]:
+             on_token=None, chunk: int = STREAM_CHUNK) -> list[list[int]]:
     """Generated ids per prompt (EOS and anything after it excluded). With `on_token`, it is
     called as on_token(step, tokens int32[batch], done bool[batch]) for every step in order,
     the first as soon as the prefill has chosen it, then after each `chunk` decode steps."""
@@ -171,8 +177,13 @@ def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
                                      max_new_tokens=max_new_tokens, sampling=sampling,
                                      eos_id=eos_id)
         else:
-            out = _streamed(loaded, tokens, segments, rng, max_new_tokens, sampling, eos_id,
-                            on_token, chunk)
+            out = np.full((len(prompts), max_new_tokens), eos_id, np.int32)
+            for first, ids, done in decode_chunks(loaded, tokens, segments, rng,
+                                                  max_new_tokens=max_new_tokens,
+                                                  sampling=sampling, eos_id=eos_id, chunk=chunk):
+                out[:, first:first + ids.shape[1]] = ids
+                for j in range(ids.shape[1]):
+                    on_token(first + j, ids[:, j], done[:, j])
     rows = []
     for row in np.asarray(jax.device_get(out)).tolist():
         rows.append(row[:row.index(eos_id)] if eos_id in row else row)

@@ -14,6 +14,7 @@ from data.examples import example_dataset, pad_row, shard_items
 from data.options import StreamOptions
 from data.records import fingerprint, read_records, split
 from data.sentencepiece_tokenizer import Tokenizer
+from data.seq2seq_text import encode_text
 from data.stdlib_functions import stdlib_functions
 from runtime.errors import UserError
 
@@ -101,21 +102,6 @@ def signature(source: str) -> str:
     names += [a.arg for a in args.kwonlyargs]
     names += [f"**{args.kwarg.arg}"] if args.kwarg else []
     return f"{node.name}({', '.join(names)})"
-
-
-def encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
-    """The ids of a source or target. Without a dummy prefix (our tokenizers) a text's first word
-    is split unlike the same word inside a text ("clear" -> "clear" but "def clear" -> "def",
-    "▁c", "le", "ar"), so a target that copies a word of its source would have to learn a second
-    spelling of every word; one leading space, as SentencePiece's dummy prefix adds, makes
-    both the same. Training, BLEU and infer.generate all encode through here."""
-    return tokenizer.encode(text if tokenizer.dummy_prefix else " " + text)
-
-
-def decode_text(tokenizer: Tokenizer, ids) -> str:
-    """The text of ids from `encode_text` (or generated after them): without its leading space."""
-    text = tokenizer.decode(ids)
-    return text[1:] if not tokenizer.dummy_prefix and text.startswith(" ") else text
 
 
 def seq2seq_dataset(

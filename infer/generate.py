@@ -13,7 +13,7 @@ import sys
 
 from absl import flags
 
-from data.seq2seq import decode_text, encode_text
+from data.seq2seq_text import decode_text, encode_text
 from model.flags import define_model_flags
 from runtime import compilation_cache
 from runtime.command import run_command

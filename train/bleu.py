@@ -19,7 +19,8 @@ from jax.sharding import Mesh
 
 from data.options import StreamOptions
 from data.sentencepiece_tokenizer import Tokenizer
-from data.seq2seq import Pair, decode_text, seq2seq_dataset
+from data.seq2seq import Pair, seq2seq_dataset
+from data.seq2seq_text import decode_text
 from model import sharding
 
 Array = jax.Array

@@ -9,7 +9,8 @@ import pytest
 
 from data.options import StreamOptions
 from data.sentencepiece_tokenizer import Tokenizer
-from data.seq2seq import Pair, decode_text, encode_text, seq2seq_dataset, seq2seq_task
+from data.seq2seq import Pair, seq2seq_dataset, seq2seq_task
+from data.seq2seq_text import decode_text, encode_text
 from data.stdlib_functions import stdlib_functions
 from runtime.errors import UserError
 

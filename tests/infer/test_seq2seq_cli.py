@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data.sentencepiece_tokenizer import train_tokenizer
-from data.seq2seq import decode_text
+from data.seq2seq_text import decode_text
 from infer.engine import beam, seq2seq
 from infer.engine.load import Loaded, load
 from infer.score import score

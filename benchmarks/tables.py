@@ -83,12 +83,41 @@ def generate_startup(specs: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
+def _cell(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def training_evals(specs: list[tuple[str, str, str]]) -> list[str]:
+    """Every evaluation of `benchmarks.training_run` records (label, file, time): held-out loss,
+    the same with shuffled sources, BLEU and exact match beside their source-blind baselines."""
+    header = ("| run (record) | step | held-out loss | shuffled-source loss | BLEU (source-blind) | "
+              "exact match (source-blind) | wall s |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for label, file, time in specs:
+        run = find_record(file, "training_run", time)
+        for i, e in enumerate(run["evals"]):
+            bleu = (f"{e['bleu']:.1f} ({e['blind_bleu']:.1f})" if "bleu" in e else "")
+            exact = (f"{100 * e['exact_match']:.1f}% ({100 * e['blind_exact_match']:.1f}%)"
+                     if "exact_match" in e else "")
+            wall = f"{run['wall_s']:.0f}" if i == len(run["evals"]) - 1 else ""
+            lines.append(f"| {label} ({run['name']}, {file} {time[11:16]}) | {e['step']} | "
+                         f"{e['eval_loss']:.3f} | {_cell(e.get('shuffled_source_loss'), '.3f')} | "
+                         f"{bleu} | {exact} | {wall} |")
+    return lines
+
+
 # NAME -> (renderer, the records it reads).
 TABLES = {
     "seq2seq-decode": (seq2seq_decode, [("2026-12-07-cpu-2core.json", "2026-12-07T20:46:36"),
                                         ("2026-12-08-cpu-2core.json", "2026-12-08T00:26:25")]),
     "generate-startup": (generate_startup, [("2026-12-08-cpu-2core.json",
                                               "2026-12-08T00:38:09")]),
+    "t5-pretraining": (training_evals, [
+        ("span-pretrained", "2026-12-08-cpu-2core.json", "2026-12-08T00:18:27"),
+        ("from scratch", "2026-12-08-cpu-2core.json", "2026-12-08T00:20:48")]),
+    "own-task": (training_evals, [
+        ("dates", "2026-12-07-cpu-2core.json", "2026-12-07T21:05:46"),
+        ("reorder", "2026-12-07-cpu-2core.json", "2026-12-07T21:08:56")]),
 }
 
 

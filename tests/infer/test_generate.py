@@ -130,8 +130,8 @@ def test_a_second_run_loads_its_programs_from_the_compilation_cache(workdir, tmp
 
 def test_the_command_starts_without_the_training_input_pipeline():
     # grain (the input pipeline) costs ~0.6 s of import inside every time to first token.
-    done = subprocess.run([sys.executable, "-c", "import sys, infer.generate; "
-                           "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                           "('grain', 'optax', 'tensorboardX')))"],
-                          capture_output=True, text=True, check=True, timeout=120)
+    probe = ("import sys, infer.generate; print(sorted(m for m in sys.modules if "
+             "m.split('.')[0] in ('grain', 'optax', 'tensorboardX')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=120)
     assert done.stdout.strip() == "[]"

@@ -18,6 +18,7 @@ import numpy as np
 
 from data.sentencepiece_tokenizer import BOS_ID
 from infer.engine import beam
+from infer.engine.engine import STREAM_CHUNK
 from infer.engine.sampling import Sampling, sample
 from model import sharding
 from model.encoder_decoder import init_cache
@@ -67,24 +68,27 @@ def _step(model, params, tokens, segments, self_cache, cross, index):
     return logits[:, -1], cache["self"]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id",
-                                             "bos_id", "on_token"))
-def _sample_loop(model, params, sources, segments, rng, *, max_new_tokens: int,
-                 sampling: Sampling, eos_id: int, bos_id: int, on_token=None):
+def _prefill(model, params, sources, segments, rng, max_new_tokens: int, sampling: Sampling,
+             eos_id: int, bos_id: int) -> tuple[tuple, dict]:
+    """Encode + the BOS step: (the decode loop's first carry (step 1, the first token, the output
+    buffer holding it, done flags, self cache, rng), the cross keys/values)."""
     batch = sources.shape[0]
     logits, cache, cross = _start(model, params, sources, segments, length=max_new_tokens,
                                   bos_id=bos_id)
     rng, step_rng = jax.random.split(rng)
     token = sample(logits, step_rng, sampling)
     out = jnp.full((batch, max_new_tokens), eos_id, jnp.int32).at[:, 0].set(token)
-    done = token == eos_id
-    if on_token is not None:
-        # Unordered (ordered effects are single-device only): the callee orders by step.
-        jax.debug.callback(on_token, 0, token, done)
+    return (1, token, out, token == eos_id, cache, rng), cross
+
+
+def _decode(model, params, carry: tuple, cross: dict, segments, stop, sampling: Sampling,
+            eos_id: int) -> tuple:
+    """Decode steps from the carry's step until `stop` (or every row's EOS): step i feeds the
+    last token through the self cache and records the token it chooses at out[:, i]."""
 
     def cond(carry):
         i, _, _, done, *_ = carry
-        return (i < max_new_tokens) & ~jnp.all(done)
+        return (i < stop) & ~jnp.all(done)
 
     def body(carry):
         i, token, out, done, cache, rng = carry
@@ -93,12 +97,53 @@ def _sample_loop(model, params, sources, segments, rng, *, max_new_tokens: int,
         token = sample(logits, step_rng, sampling)
         out = out.at[:, i].set(jnp.where(done, eos_id, token))
         done = done | (token == eos_id)
-        if on_token is not None:
-            jax.debug.callback(on_token, i, token, done)
         return i + 1, token, out, done, cache, rng
 
-    _, _, out, *_ = jax.lax.while_loop(cond, body, (1, token, out, done, cache, rng))
+    return jax.lax.while_loop(cond, body, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id",
+                                             "bos_id"))
+def _sample_loop(model, params, sources, segments, rng, *, max_new_tokens: int,
+                 sampling: Sampling, eos_id: int, bos_id: int):
+    carry, cross = _prefill(model, params, sources, segments, rng, max_new_tokens, sampling,
+                            eos_id, bos_id)
+    _, _, out, *_ = _decode(model, params, carry, cross, segments, max_new_tokens, sampling,
+                            eos_id)
     return out
+
+
+_begin = jax.jit(_prefill, static_argnames=("model", "max_new_tokens", "sampling", "eos_id",
+                                            "bos_id"))
+# The carry (the self cache above all) is donated: each chunk updates it in place.
+_advance = jax.jit(_decode, static_argnames=("model", "sampling", "eos_id"),
+                   donate_argnames=("carry",))
+
+
+def _streamed(loaded, sources, segments, rng, *, max_new_tokens: int, sampling: Sampling,
+              eos_id: int, bos_id: int, on_token, chunk: int) -> np.ndarray:
+    """`_sample_loop`'s tokens, computed as a prefill program and then `chunk` decode steps per
+    call, each step's tokens passed to `on_token(step, tokens, done)` in order after its call
+    (as the decoder engine streams, and for the same reasons: no host sync per token, and
+    programs without host callbacks can be cached on disk)."""
+    model, params = loaded.model, loaded.params
+    carry, cross = _begin(model, params, sources, segments, rng, max_new_tokens, sampling,
+                          eos_id, bos_id)
+    first = np.asarray(carry[1])
+    on_token(0, first, first == eos_id)
+    shown = 1
+    while shown < max_new_tokens:
+        stop = min(shown + chunk, max_new_tokens)
+        carry = _advance(model, params, carry, cross, segments, jnp.int32(stop), sampling,
+                         eos_id)
+        i, out = int(carry[0]), np.asarray(carry[2])
+        ended = np.cumsum(out[:, :i] == eos_id, axis=1) > 0
+        for step in range(shown, i):
+            on_token(step, out[:, step], ended[:, step])
+        if i < stop:  # every row was done
+            break
+        shown = i
+    return np.asarray(carry[2])
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_beams", "eos_id",
@@ -148,15 +193,21 @@ def generate(loaded, sources: list[list[int]], max_new_tokens: int,
              bos_id: int | None = None, on_token=None) -> list[list[int]]:
     """Generated target ids per source (EOS and anything after it excluded), greedy or sampled.
     Sources are used as given (training appends EOS to each; see `data/seq2seq.py`).
-    `on_token(step, tokens, done)` is called on the host as each step's tokens are chosen."""
+    `on_token(step, tokens, done)` is called on the host for every step in order, the first
+    after the BOS step, then after each STREAM_CHUNK decode steps."""
     check_lengths(loaded, sources, max_new_tokens)
     tokens, segments = right_pad(sources)
     bos_id = start_id_of(loaded) if bos_id is None else bos_id
+    rng, sampling = jax.random.PRNGKey(seed), (sampling or Sampling()).validated()
     with jax.set_mesh(loaded.mesh), nn.logical_axis_rules(sharding.RULES):
-        out = _sample_loop(loaded.model, loaded.params, tokens, segments,
-                           jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
-                           sampling=(sampling or Sampling()).validated(), eos_id=eos_id,
-                           bos_id=bos_id, on_token=on_token)
+        if on_token is None:
+            out = _sample_loop(loaded.model, loaded.params, tokens, segments, rng,
+                               max_new_tokens=max_new_tokens, sampling=sampling, eos_id=eos_id,
+                               bos_id=bos_id)
+        else:
+            out = _streamed(loaded, tokens, segments, rng, max_new_tokens=max_new_tokens,
+                            sampling=sampling, eos_id=eos_id, bos_id=bos_id,
+                            on_token=on_token, chunk=STREAM_CHUNK)
     return _rows(out, eos_id)
 
 

@@ -41,6 +41,27 @@ def test_sampling_is_seeded_and_top_1_is_greedy():
         seq2seq.generate(loaded, SOURCES, 8)
 
 
+def test_streaming_reports_every_step_in_order_and_equals_one_program():
+    # Sampled, 20 steps (3 chunks), an EOS that ends some rows early: the chunked streaming loop
+    # chooses the tokens of the one-program loop and reports each step once, in order.
+    loaded = random_loaded("tiny_t5")
+    hot = Sampling(temperature=1.0)
+    free = seq2seq.generate(loaded, SOURCES, 20, hot, seed=5)
+    eos = free[0][6]
+    whole = seq2seq.generate(loaded, SOURCES, 20, hot, seed=5, eos_id=eos)
+    seen = []
+    streamed = seq2seq.generate(loaded, SOURCES, 20, hot, seed=5, eos_id=eos,
+                                on_token=lambda step, tokens, done: seen.append(
+                                    (step, tokens.tolist(), done.tolist())))
+    assert streamed == whole and len(whole[0]) == free[0].index(eos) < 20
+    assert [step for step, _, _ in seen] == list(range(len(seen)))
+    for row, ids in enumerate(whole):
+        for step, tokens, done in seen:
+            assert done[row] == (step >= len(ids))
+            if step < len(ids):
+                assert tokens[row] == ids[step]
+
+
 def test_bos_comes_from_the_tokenizer():
     def loaded(tokenizer, **ids):
         return types.SimpleNamespace(tokenizer=tokenizer, token_ids=ids)

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
     for name in ("decode_tokens_per_s", "overall_tokens_per_s"):
         if name in ratios:
             pairs = ", ".join(f"{r:.2f}" for r in ratios[name.split("_")[0] + "_per_pair"])
-            print(f"ratio ours/hf {name}: {ratios[name]:.2f}x (median of pairs {pairs})")
+            print(f"ratio ours/hf {name}: {ratios[name]:.2f}x (of the medians; per round {pairs})")
     save_run("generate_throughput", run, out)
     print(f"wrote {out}")
 

@@ -77,3 +77,22 @@ def test_concurrent_writers_lose_no_run(tmp_path):
                                                             for i in range(25)]
     for w in range(4):  # and each writer's runs stay in its order
         assert [r["i"] for r in runs if r["writer"] == w] == list(range(25))
+
+
+def test_generate_pairs_alternate_and_the_ratio_is_of_the_medians():
+    from benchmarks.timed_generate import paired
+
+    calls = []
+
+    def side(name, per_token):
+        def generate(n):
+            calls.append(name)
+            return 0.1 + per_token * n
+        return generate
+
+    sides = paired(side("ours", 0.01), side("hf", 0.03), batch=2, new_tokens=9, repeats=2)
+    # warm-up, then round 0 ours first, round 1 HF first
+    assert calls[4:8] == ["ours", "hf", "ours", "hf"] and calls[8:] == ["hf", "ours", "hf", "ours"]
+    assert sides["ours"]["tokens_per_s"] == pytest.approx(2 / 0.01)
+    assert sides["ratio"]["decode_tokens_per_s"] == pytest.approx(
+        sides["ours"]["tokens_per_s"] / sides["hf"]["tokens_per_s"]) == pytest.approx(3.0)

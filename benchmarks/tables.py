@@ -60,7 +60,7 @@ def seq2seq_decode(specs: list[tuple[str, str]]) -> list[str]:
                 raise UserError(f"{file} {time}: batch {batch} has no equal outputs; no ratio")
             old, new = (result[p]["decode_tokens_per_s"] for p in ("old", "new"))
             per_round = result["ratio_new_to_old"]["decode"]
-            lines.append(f"| {file} {time[11:16]} | {batch} | {old['median']:.1f} "
+            lines.append(f"| {file} {time[11:19]} | {batch} | {old['median']:.1f} "
                          f"({_range(old)}) | {new['median']:.1f} ({_range(new)}) | "
                          f"**{new['median'] / old['median']:.2f}×** "
                          f"({_range(per_round, 2)}) |")
@@ -75,7 +75,7 @@ def generate_startup(specs: list[tuple[str, str]]) -> list[str]:
     for file, time in specs:
         run = find_record(file, "generate_startup", time)
         cold, warm = run["cold"], run["warm"]
-        lines.append(f"| {file} {time[11:16]} | {cold['ttft_s']['median']:.2f} "
+        lines.append(f"| {file} {time[11:19]} | {cold['ttft_s']['median']:.2f} "
                      f"({_range(cold['ttft_s'], 2)}) | {warm['ttft_s']['median']:.2f} "
                      f"({_range(warm['ttft_s'], 2)}) | "
                      f"**{cold['ttft_s']['median'] / warm['ttft_s']['median']:.2f}×** | "
@@ -100,9 +100,49 @@ def training_evals(specs: list[tuple[str, str, str]]) -> list[str]:
             exact = (f"{100 * e['exact_match']:.1f}% ({100 * e['blind_exact_match']:.1f}%)"
                      if "exact_match" in e else "")
             wall = f"{run['wall_s']:.0f}" if i == len(run["evals"]) - 1 else ""
-            lines.append(f"| {label} ({run['name']}, {file} {time[11:16]}) | {e['step']} | "
+            lines.append(f"| {label} ({run['name']}, {file} {time[11:19]}) | {e['step']} | "
                          f"{e['eval_loss']:.3f} | {_cell(e.get('shuffled_source_loss'), '.3f')} | "
                          f"{bleu} | {exact} | {wall} |")
+    return lines
+
+
+def _shape(config: dict) -> str:
+    m = config["model"]
+    return (f"{m['num_layers']}L d{m['d_model']} vocab {m['vocab_size']} "
+            f"{config.get('dtype', m['dtype'])}")
+
+
+def generate_vs_hf(specs: list[tuple[str, str]]) -> list[str]:
+    """Our engine against HF `generate` (static cache): decode and whole-request tokens/s."""
+    header = ("| run (record) | shape, batch, prompt + new | ours decode tok/s | HF decode tok/s "
+              "| ours / HF decode (per round) | ours / HF whole request |")
+    lines = [header, "|---|---|---|---|---|---|"]
+    for file, time in specs:
+        run = find_record(file, "generate_throughput", time)
+        c, ours, hf, ratio = run["config"], run["ours"], run["peer"], run["ratio"]
+        pairs = ratio.get("decode_per_pair") or [float("nan")]
+        per_round = {"min": min(pairs), "max": max(pairs)}
+        lines.append(f"| {file} {time[11:19]} | {_shape(c)}, {c['batch_size']}, "
+                     f"{c['prompt_len']} + {c['new_tokens']} | {ours['tokens_per_s']:.1f} | "
+                     f"{hf['tokens_per_s']:.1f} | "
+                     f"**{ours['tokens_per_s'] / hf['tokens_per_s']:.2f}×** "
+                     f"({_range(per_round, 2)}) | "
+                     f"{ours['overall_tokens_per_s'] / hf['overall_tokens_per_s']:.2f}× |")
+    return lines
+
+
+def train_vs_hf(specs: list[tuple[str, str]]) -> list[str]:
+    """Our training step against HF GPT-2 + torch AdamW: tokens/s and MFU."""
+    header = ("| run (record) | shape, batch x seq | ours tok/s (MFU) | HF + torch tok/s (MFU) | "
+              "ours / HF |")
+    lines = [header, "|---|---|---|---|---|"]
+    for file, time in specs:
+        run = find_record(file, "train_throughput", time)
+        c, ours, peer = run["config"], run["ours"], run["peer"]
+        lines.append(f"| {file} {time[11:19]} | {_shape(c)}, {c['batch_size']} x {c['seq_len']} "
+                     f"| {ours['tokens_per_s']:,.0f} ({100 * ours['mfu']:.1f}%) | "
+                     f"{peer['tokens_per_s']:,.0f} ({100 * peer['mfu']:.1f}%) | "
+                     f"**{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}×** |")
     return lines
 
 
@@ -112,6 +152,15 @@ TABLES = {
                                         ("2026-12-08-cpu-2core.json", "2026-12-08T00:26:25")]),
     "generate-startup": (generate_startup, [("2026-12-08-cpu-2core.json",
                                               "2026-12-08T00:38:09")]),
+    "generate-vs-hf": (generate_vs_hf, [("2026-11-23-cpu-2core.json", "2026-11-23T13:09:36"),
+                                        ("2026-11-23-cpu-2core.json", "2026-11-23T13:16:12"),
+                                        ("2026-12-08-cpu-2core.json", "2026-12-08T01:28:07")]),
+    "train-vs-hf": (train_vs_hf, [
+        ("2026-11-23-cpu-2core.json", t) for t in (
+            "2026-11-23T09:38:18", "2026-11-23T09:39:09", "2026-11-23T09:39:45",
+            "2026-11-23T09:40:18", "2026-11-23T10:54:22", "2026-11-23T10:55:11")] + [
+        ("2026-12-08-cpu-2core.json", "2026-12-08T01:28:53"),
+        ("2026-12-08-cpu-2core.json", "2026-12-08T01:29:26")]),
     "t5-pretraining": (training_evals, [
         ("span-pretrained", "2026-12-08-cpu-2core.json", "2026-12-08T00:18:27"),
         ("from scratch", "2026-12-08-cpu-2core.json", "2026-12-08T00:20:48")]),

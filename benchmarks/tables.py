@@ -44,15 +44,24 @@ def find_record(file: str, benchmark: str, time: str) -> dict:
     return found[0]
 
 
+def _head(*columns: str) -> list[str]:
+    """A markdown table's header and separator lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def _label(file: str, time: str) -> str:
+    """The record a row comes from: its results file and the run's time of day."""
+    return f"{file} {time[11:19]}"
+
+
 def _range(spread: dict, digits: int = 1) -> str:
     return f"{spread['min']:.{digits}f}-{spread['max']:.{digits}f}"
 
 
 def seq2seq_decode(specs: list[tuple[str, str]]) -> list[str]:
     """Old vs new encoder-decoder greedy decode, one row per run and batch size."""
-    header = ("| run (record) | batch | old loop tok/s (min-max) | new loop tok/s (min-max) | "
-              "new / old (per round) |")
-    lines = [header, "|---|---|---|---|---|"]
+    lines = _head("run (record)", "batch", "old loop tok/s (min-max)", "new loop tok/s (min-max)",
+                  "new / old (per round)")
     for file, time in specs:
         run = find_record(file, "seq2seq_decode", time)
         for batch, result in run["results"].items():
@@ -60,7 +69,7 @@ def seq2seq_decode(specs: list[tuple[str, str]]) -> list[str]:
                 raise UserError(f"{file} {time}: batch {batch} has no equal outputs; no ratio")
             old, new = (result[p]["decode_tokens_per_s"] for p in ("old", "new"))
             per_round = result["ratio_new_to_old"]["decode"]
-            lines.append(f"| {file} {time[11:19]} | {batch} | {old['median']:.1f} "
+            lines.append(f"| {_label(file, time)} | {batch} | {old['median']:.1f} "
                          f"({_range(old)}) | {new['median']:.1f} ({_range(new)}) | "
                          f"**{new['median'] / old['median']:.2f}×** "
                          f"({_range(per_round, 2)}) |")
@@ -69,13 +78,12 @@ def seq2seq_decode(specs: list[tuple[str, str]]) -> list[str]:
 
 def generate_startup(specs: list[tuple[str, str]]) -> list[str]:
     """Cold vs warm time to first token (and to exit) of `python -m infer.generate`."""
-    header = ("| run (record) | cold: empty cache, TTFT s (min-max) | warm: filled cache, TTFT s "
-              "(min-max) | cold / warm | exit s, cold / warm |")
-    lines = [header, "|---|---|---|---|---|"]
+    lines = _head("run (record)", "cold: empty cache, TTFT s (min-max)",
+                  "warm: filled cache, TTFT s (min-max)", "cold / warm", "exit s, cold / warm")
     for file, time in specs:
         run = find_record(file, "generate_startup", time)
         cold, warm = run["cold"], run["warm"]
-        lines.append(f"| {file} {time[11:19]} | {cold['ttft_s']['median']:.2f} "
+        lines.append(f"| {_label(file, time)} | {cold['ttft_s']['median']:.2f} "
                      f"({_range(cold['ttft_s'], 2)}) | {warm['ttft_s']['median']:.2f} "
                      f"({_range(warm['ttft_s'], 2)}) | "
                      f"**{cold['ttft_s']['median'] / warm['ttft_s']['median']:.2f}×** | "
@@ -90,9 +98,8 @@ def _cell(value, fmt: str) -> str:
 def training_evals(specs: list[tuple[str, str, str]]) -> list[str]:
     """Every evaluation of `benchmarks.training_run` records (label, file, time): held-out loss,
     the same with shuffled sources, BLEU and exact match beside their source-blind baselines."""
-    header = ("| run (record) | step | held-out loss | shuffled-source loss | BLEU (source-blind) | "
-              "exact match (source-blind) | wall s |")
-    lines = [header, "|---|---|---|---|---|---|---|"]
+    lines = _head("run (record)", "step", "held-out loss", "shuffled-source loss",
+                  "BLEU (source-blind)", "exact match (source-blind)", "wall s")
     for label, file, time in specs:
         run = find_record(file, "training_run", time)
         for i, e in enumerate(run["evals"]):
@@ -100,7 +107,7 @@ def training_evals(specs: list[tuple[str, str, str]]) -> list[str]:
             exact = (f"{100 * e['exact_match']:.1f}% ({100 * e['blind_exact_match']:.1f}%)"
                      if "exact_match" in e else "")
             wall = f"{run['wall_s']:.0f}" if i == len(run["evals"]) - 1 else ""
-            lines.append(f"| {label} ({run['name']}, {file} {time[11:19]}) | {e['step']} | "
+            lines.append(f"| {label} ({run['name']}, {_label(file, time)}) | {e['step']} | "
                          f"{e['eval_loss']:.3f} | {_cell(e.get('shuffled_source_loss'), '.3f')} | "
                          f"{bleu} | {exact} | {wall} |")
     return lines
@@ -114,15 +121,14 @@ def _shape(config: dict) -> str:
 
 def generate_vs_hf(specs: list[tuple[str, str]]) -> list[str]:
     """Our engine against HF `generate` (static cache): decode and whole-request tokens/s."""
-    header = ("| run (record) | shape, batch, prompt + new | ours decode tok/s | HF decode tok/s "
-              "| ours / HF decode (per round) | ours / HF whole request |")
-    lines = [header, "|---|---|---|---|---|---|"]
+    lines = _head("run (record)", "shape, batch, prompt + new", "ours decode tok/s",
+                  "HF decode tok/s", "ours / HF decode (per round)", "ours / HF whole request")
     for file, time in specs:
         run = find_record(file, "generate_throughput", time)
         c, ours, hf, ratio = run["config"], run["ours"], run["peer"], run["ratio"]
         pairs = ratio.get("decode_per_pair") or [float("nan")]
         per_round = {"min": min(pairs), "max": max(pairs)}
-        lines.append(f"| {file} {time[11:19]} | {_shape(c)}, {c['batch_size']}, "
+        lines.append(f"| {_label(file, time)} | {_shape(c)}, {c['batch_size']}, "
                      f"{c['prompt_len']} + {c['new_tokens']} | {ours['tokens_per_s']:.1f} | "
                      f"{hf['tokens_per_s']:.1f} | "
                      f"**{ours['tokens_per_s'] / hf['tokens_per_s']:.2f}×** "
@@ -133,13 +139,12 @@ def generate_vs_hf(specs: list[tuple[str, str]]) -> list[str]:
 
 def train_vs_hf(specs: list[tuple[str, str]]) -> list[str]:
     """Our training step against HF GPT-2 + torch AdamW: tokens/s and MFU."""
-    header = ("| run (record) | shape, batch x seq | ours tok/s (MFU) | HF + torch tok/s (MFU) | "
-              "ours / HF |")
-    lines = [header, "|---|---|---|---|---|"]
+    lines = _head("run (record)", "shape, batch x seq", "ours tok/s (MFU)",
+                  "HF + torch tok/s (MFU)", "ours / HF")
     for file, time in specs:
         run = find_record(file, "train_throughput", time)
         c, ours, peer = run["config"], run["ours"], run["peer"]
-        lines.append(f"| {file} {time[11:19]} | {_shape(c)}, {c['batch_size']} x {c['seq_len']} "
+        lines.append(f"| {_label(file, time)} | {_shape(c)}, {c['batch_size']} x {c['seq_len']} "
                      f"| {ours['tokens_per_s']:,.0f} ({100 * ours['mfu']:.1f}%) | "
                      f"{peer['tokens_per_s']:,.0f} ({100 * peer['mfu']:.1f}%) | "
                      f"**{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}×** |")

@@ -112,23 +112,22 @@ _advance = jax.jit(_decode, static_argnames=("model", "prompt_len", "sampling", 
                    donate_argnames=("carry",))
 
 
-def decode_chunks(loaded, tokens, segments, rng, *, max_new_tokens: int, sampling: Sampling,
-                  eos_id: int, chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """`generate_padded`'s steps as a prefill program and then `chunk` decode steps per call,
-    each call's tokens yielded on the host as (first step, tokens int32[batch, k], done
-    bool[batch, k]: whether the row has ended by that step, its EOS included). The prefill's
-    yield holds the first token alone; the last call stops at max_new_tokens or when every row
-    is done. Streaming by a host callback inside one loop instead would sync with the host
-    every token and make the program uncacheable (JAX does not persist programs with host
-    callbacks)."""
-    model, params, prompt_len = loaded.model, loaded.params, tokens.shape[1]
-    carry = _start(model, params, tokens, segments, rng, max_new_tokens, sampling, eos_id)
+def chunked(start, advance, max_new_tokens: int, eos_id: int,
+            chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Runs a decode loop as `start()` (the prefill: a carry (step, next token, out[batch, n],
+    done, ...) whose next token is step 0's) and then `advance(carry, stop)` calls of up to
+    `chunk` steps, yielding each call's tokens on the host as (first step, tokens int32[batch,
+    k], done bool[batch, k]: whether the row has ended by that step, its EOS included). The
+    decoder and encoder-decoder engines stream through it. A host callback inside one loop
+    instead would sync with the host every token and make the program uncacheable (JAX does
+    not persist programs with host callbacks)."""
+    carry = start()
     first = np.asarray(carry[1])[:, None]
     yield 0, first, first == eos_id
     shown = 1
     while shown < max_new_tokens:
         stop = min(shown + chunk, max_new_tokens)
-        carry = _advance(model, params, carry, jnp.int32(stop), prompt_len, sampling, eos_id)
+        carry = advance(carry, jnp.int32(stop))
         i, out = int(carry[0]), np.asarray(carry[2])
         # out[:, step] is final for step < i; step i's token is in the carry, chosen already.
         ended = np.cumsum(out[:, :i] == eos_id, axis=1) > 0
@@ -136,6 +135,28 @@ def decode_chunks(loaded, tokens, segments, rng, *, max_new_tokens: int, samplin
         if i < stop:  # every row was done
             return
         shown = i
+
+
+def streamed(chunks, batch: int, max_new_tokens: int, eos_id: int, on_token) -> np.ndarray:
+    """The out[batch, max_new_tokens] ids of `chunked`'s yields, each step passed to
+    on_token(step, tokens, done) in order as its chunk arrives."""
+    out = np.full((batch, max_new_tokens), eos_id, np.int32)
+    for first, ids, done in chunks:
+        out[:, first:first + ids.shape[1]] = ids
+        for j in range(ids.shape[1]):
+            on_token(first + j, ids[:, j], done[:, j])
+    return out
+
+
+def decode_chunks(loaded, tokens, segments, rng, *, max_new_tokens: int, sampling: Sampling,
+                  eos_id: int, chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """`generate_padded`'s steps as a prefill program and then `chunk` decode steps per call,
+    yielded as `chunked` does (infer.generate streams them; infer.bench times them)."""
+    model, params, prompt_len = loaded.model, loaded.params, tokens.shape[1]
+    return chunked(
+        lambda: _start(model, params, tokens, segments, rng, max_new_tokens, sampling, eos_id),
+        lambda carry, stop: _advance(model, params, carry, stop, prompt_len, sampling, eos_id),
+        max_new_tokens, eos_id, chunk)
 
 
 def prompt_bucket(prompt_len: int, max_new_tokens: int, max_len: int) -> int:
@@ -177,13 +198,10 @@ def generate(loaded, prompts: list[list[int]], max_new_tokens: int,
                                      max_new_tokens=max_new_tokens, sampling=sampling,
                                      eos_id=eos_id)
         else:
-            out = np.full((len(prompts), max_new_tokens), eos_id, np.int32)
-            for first, ids, done in decode_chunks(loaded, tokens, segments, rng,
-                                                  max_new_tokens=max_new_tokens,
-                                                  sampling=sampling, eos_id=eos_id, chunk=chunk):
-                out[:, first:first + ids.shape[1]] = ids
-                for j in range(ids.shape[1]):
-                    on_token(first + j, ids[:, j], done[:, j])
+            chunks = decode_chunks(loaded, tokens, segments, rng,
+                                   max_new_tokens=max_new_tokens, sampling=sampling,
+                                   eos_id=eos_id, chunk=chunk)
+            out = streamed(chunks, len(prompts), max_new_tokens, eos_id, on_token)
     rows = []
     for row in np.asarray(jax.device_get(out)).tolist():
         rows.append(row[:row.index(eos_id)] if eos_id in row else row)

@@ -18,7 +18,7 @@ import numpy as np
 
 from data.sentencepiece_tokenizer import BOS_ID
 from infer.engine import beam
-from infer.engine.engine import STREAM_CHUNK
+from infer.engine.engine import STREAM_CHUNK, chunked, streamed
 from infer.engine.sampling import Sampling, sample
 from model import sharding
 from model.encoder_decoder import init_cache
@@ -120,32 +120,6 @@ _advance = jax.jit(_decode, static_argnames=("model", "sampling", "eos_id"),
                    donate_argnames=("carry",))
 
 
-def _streamed(loaded, sources, segments, rng, *, max_new_tokens: int, sampling: Sampling,
-              eos_id: int, bos_id: int, on_token, chunk: int) -> np.ndarray:
-    """`_sample_loop`'s tokens, computed as a prefill program and then `chunk` decode steps per
-    call, each step's tokens passed to `on_token(step, tokens, done)` in order after its call
-    (as the decoder engine streams, and for the same reasons: no host sync per token, and
-    programs without host callbacks can be cached on disk)."""
-    model, params = loaded.model, loaded.params
-    carry, cross = _begin(model, params, sources, segments, rng, max_new_tokens, sampling,
-                          eos_id, bos_id)
-    first = np.asarray(carry[1])
-    on_token(0, first, first == eos_id)
-    shown = 1
-    while shown < max_new_tokens:
-        stop = min(shown + chunk, max_new_tokens)
-        carry = _advance(model, params, carry, cross, segments, jnp.int32(stop), sampling,
-                         eos_id)
-        i, out = int(carry[0]), np.asarray(carry[2])
-        ended = np.cumsum(out[:, :i] == eos_id, axis=1) > 0
-        for step in range(shown, i):
-            on_token(step, out[:, step], ended[:, step])
-        if i < stop:  # every row was done
-            break
-        shown = i
-    return np.asarray(carry[2])
-
-
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_beams", "eos_id",
                                              "bos_id", "alpha"))
 def _beam_search(model, params, sources, segments, *, max_new_tokens: int, num_beams: int,
@@ -205,9 +179,15 @@ def generate(loaded, sources: list[list[int]], max_new_tokens: int,
                                max_new_tokens=max_new_tokens, sampling=sampling, eos_id=eos_id,
                                bos_id=bos_id)
         else:
-            out = _streamed(loaded, tokens, segments, rng, max_new_tokens=max_new_tokens,
-                            sampling=sampling, eos_id=eos_id, bos_id=bos_id,
-                            on_token=on_token, chunk=STREAM_CHUNK)
+            # The prefill and 8-step decode programs stream as the decoder engine's do; the
+            # cross keys/values stay a constant outside the donated carry.
+            model, params = loaded.model, loaded.params
+            first, cross = _begin(model, params, tokens, segments, rng, max_new_tokens,
+                                  sampling, eos_id, bos_id)
+            chunks = chunked(lambda: first, lambda carry, stop: _advance(
+                model, params, carry, cross, segments, stop, sampling, eos_id),
+                max_new_tokens, eos_id, STREAM_CHUNK)
+            out = streamed(chunks, len(sources), max_new_tokens, eos_id, on_token)
     return _rows(out, eos_id)
 
 

@@ -1,6 +1,10 @@
 """Training throughput of meshlm's real train step against HF transformers' GPT-2 (torch) of the
 same shape: step time, tokens/s, MFU and memory, merged into benchmarks/results/<date>-<device>.json.
 
+The peer starts from our initial params (benchmarks/hf_weights.py), and both sides' first-step
+losses on the same batch must agree before a ratio is reported. Rounds alternate which side steps
+first, so load that comes and goes on a shared machine hits both alike (docs/benchmarks.md).
+
 The HF peer is GPT-2 only: a config that is not GPT-2-shaped (RMSNorm, SwiGLU, RoPE, GQA, untied or
 bias-free, e.g. the llama presets) still runs on our side, and its record says why the peer was skipped.
 """
@@ -16,6 +20,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from benchmarks.hf_weights import load_into
 from benchmarks.record import results_path, save_run
 from model import sharding
 from model.config import ModelConfig, get_preset
@@ -42,7 +47,8 @@ def define_flags() -> None:
         "default": "bfloat16", "help": "Compute dtype of our model (params and optimizer state "
                                        "stay float32); the peer uses bf16 autocast only on CUDA, "
                                        "fp32 otherwise."})
-    flags.DEFINE_integer("steps", 10, "Timed steps per side; the median step time is reported.")
+    flags.DEFINE_integer("steps", 10, "Timed rounds; each times one step of each side, in "
+                         "alternating order. The median step time is reported.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps per side before the timed ones.")
     flags.DEFINE_integer("seed", 0, "Seed of the init and of the synthetic tokens.")
     flags.DEFINE_enum("peer", "hf", ["hf", "none"], "Peer to compare with: hf (transformers "
@@ -65,15 +71,24 @@ def check_numbers(batch_size: int, seq_len: int, steps: int, warmup: int) -> Non
                         f"got {batch_size}, {seq_len}, {steps}, {warmup}")
 
 
-def _time_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
-    """Seconds of each timed call; `step` must block until its work is done."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+def _timed(step: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
+
+
+def paired_steps(sides: dict[str, Callable[[], object]], warmup: int, steps: int
+                 ) -> dict[str, list[float]]:
+    """Seconds of each timed step of each side; round r runs the sides in order when r is even
+    and reversed when odd. Each `step` must block until its work is done."""
+    for step in sides.values():
+        for _ in range(warmup):
+            step()
+    names = list(sides)
+    times = {name: [] for name in names}
+    for r in range(steps):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(_timed(sides[name]))
     return times
 
 
@@ -84,9 +99,10 @@ def _summary(times: list[float], tokens: int, flops_per_token: float) -> dict:
             "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak_flops()}
 
 
-def run_ours(cfg: ModelConfig, train_cfg: TrainConfig, batch: dict[str, np.ndarray], mesh_spec: str,
-             warmup: int, steps: int) -> dict:
-    """The jitted, sharded, donated train step of train/loop.py on one fixed batch."""
+def build_ours(cfg: ModelConfig, train_cfg: TrainConfig, batch: dict[str, np.ndarray],
+               mesh_spec: str) -> tuple[Callable[[], object], dict, dict]:
+    """(step, facts, initial params) of the jitted, sharded, donated train step of train/loop.py
+    on one fixed batch; facts["first_loss"] is the loss of the first step, taken now."""
     mesh = sharding.make_mesh(mesh_spec)
     batch_size = batch["tokens"].shape[0]
     if batch_size % sharding.batch_shards(mesh):
@@ -104,13 +120,15 @@ def run_ours(cfg: ModelConfig, train_cfg: TrainConfig, batch: dict[str, np.ndarr
         compile_s = time.perf_counter() - t0
         state, _ = create_state(model, tx, train_cfg.seed, mesh)
         device_batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+        initial = jax.device_get(state["params"])  # the step donates (deletes) these
         holder = [state]  # the step donates the state, so each call must take the newest one
 
-        def step() -> None:
-            holder[0], metrics = compiled(holder[0], device_batch)
-            jax.block_until_ready((holder[0], metrics))
+        def step() -> dict:
+            with jax.set_mesh(mesh):
+                holder[0], metrics = compiled(holder[0], device_batch)
+                return jax.block_until_ready(metrics)
 
-        times = _time_steps(step, warmup, steps)
+        first_loss = float(step()["loss"])
     memory = {}
     stats = compiled.memory_analysis()
     if stats is not None:
@@ -122,9 +140,11 @@ def run_ours(cfg: ModelConfig, train_cfg: TrainConfig, batch: dict[str, np.ndarr
         memory["peak_bytes_in_use"] = device_stats["peak_bytes_in_use"]
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"]))
     seq_len = batch["tokens"].shape[1] - 1
-    return {"compile_s": compile_s, "params": params, "memory": memory, "mesh": dict(mesh.shape),
-            **_summary(times, batch_size * seq_len,
-                       family_of(cfg).train_flops_per_token(cfg, seq_len))}
+    facts = {"compile_s": compile_s, "params": params, "memory": memory,
+             "mesh": dict(mesh.shape), "first_loss": first_loss,
+             "tokens": batch_size * seq_len,
+             "flops_per_token": family_of(cfg).train_flops_per_token(cfg, seq_len)}
+    return step, facts, initial
 
 
 def gpt2_mismatch(cfg: ModelConfig) -> str:
@@ -137,16 +157,18 @@ def gpt2_mismatch(cfg: ModelConfig) -> str:
     return ", ".join(diffs)
 
 
-def run_hf_peer(cfg: ModelConfig, train_cfg: TrainConfig, tokens: np.ndarray, warmup: int,
-                steps: int) -> dict:
-    """GPT2LMHeadModel of the same shape, torch AdamW, clipping at 1.0; or {'skipped': why}."""
+def build_hf_peer(cfg: ModelConfig, train_cfg: TrainConfig, tokens: np.ndarray, params
+                  ) -> tuple[Callable[[], object] | None, dict]:
+    """(step, facts) of GPT2LMHeadModel of the same shape holding our initial `params`, torch
+    AdamW, clipping at 1.0; facts["first_loss"] is its first step's loss, taken now. Or
+    (None, {'skipped': why})."""
     if why := gpt2_mismatch(cfg):
-        return {"skipped": f"HF GPT-2 peer needs a GPT-2-shaped config; this one has {why}"}
+        return None, {"skipped": f"HF GPT-2 peer needs a GPT-2-shaped config; this one has {why}"}
     try:
         import torch
         import transformers
     except ImportError as e:
-        return {"skipped": f"torch/transformers not importable ({e})"}
+        return None, {"skipped": f"torch/transformers not importable ({e})"}
     torch.manual_seed(train_cfg.seed)
     torch.set_num_threads(os.cpu_count() or 1)
     cuda = jax.devices()[0].platform == "gpu" and torch.cuda.is_available()
@@ -156,36 +178,45 @@ def run_hf_peer(cfg: ModelConfig, train_cfg: TrainConfig, tokens: np.ndarray, wa
         n_positions=cfg.max_len, vocab_size=cfg.vocab_size, activation_function="gelu_new",
         layer_norm_epsilon=cfg.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
-    model = transformers.GPT2LMHeadModel(hf_cfg).to(device).train()
+    model = transformers.GPT2LMHeadModel(hf_cfg)
+    load_into(model, cfg, params)
+    model = model.to(device).train()
     # Weight decay on matrices only, as train/optimizer.py does.
-    params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train_cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    weights = list(model.parameters())
+    groups = [{"params": [p for p in weights if p.ndim >= 2], "weight_decay": train_cfg.weight_decay},
+              {"params": [p for p in weights if p.ndim < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=train_cfg.learning_rate, eps=1e-8,
                             betas=(train_cfg.beta1, train_cfg.beta2))
-    inputs = torch.from_numpy(tokens[:, :-1].astype(np.int64)).to(device)  # HF shifts inside
+    # Ours predicts tokens[1:] from tokens[:-1] (all seq_len targets); HF's `labels` would
+    # shift inside and drop the last one, so the loss is taken here the same way as ours.
+    inputs = torch.from_numpy(tokens[:, :-1].astype(np.int64)).to(device)
+    targets = torch.from_numpy(tokens[:, 1:].astype(np.int64)).to(device)
     bf16 = cuda and cfg.dtype == "bfloat16"
 
-    def step() -> None:
+    def step() -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=inputs, labels=inputs).loss
+            logits = model(input_ids=inputs).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(),
+                                                     targets.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
+        return loss.detach()
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = _time_steps(step, warmup, steps)
-    memory = {"peak_bytes_in_use": torch.cuda.max_memory_allocated()} if cuda else {}
-    return {"framework": f"transformers GPT2LMHeadModel ({hf_cfg._attn_implementation} "
-                         f"attention), torch.optim.AdamW on {device.type}",
-            "dtype": "bfloat16 autocast" if bf16 else "float32", "threads": torch.get_num_threads(),
-            "params": sum(p.numel() for p in params), "memory": memory,
-            **_summary(times, tokens.shape[0] * (tokens.shape[1] - 1),
-                       family_of(cfg).train_flops_per_token(cfg, tokens.shape[1] - 1))}
+    first_loss = float(step())
+    facts = {"framework": f"transformers GPT2LMHeadModel ({hf_cfg._attn_implementation} "
+                          f"attention), torch.optim.AdamW on {device.type}",
+             "dtype": "bfloat16 autocast" if bf16 else "float32",
+             "threads": torch.get_num_threads(), "params": sum(p.numel() for p in weights),
+             "first_loss": first_loss,
+             "memory": lambda: ({"peak_bytes_in_use": torch.cuda.max_memory_allocated()}
+                                if cuda else {})}
+    return step, facts
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict:
@@ -216,6 +247,11 @@ def table(run: dict) -> str:
     return "\n".join(lines)
 
 
+def losses_agree(ours: float, peer: float, dtype: str) -> bool:
+    """Same weights, batch and loss: fp32 sides agree to float rounding; bf16 compute is looser."""
+    return abs(ours - peer) <= (2e-2 if dtype == "bfloat16" else 1e-4) * max(abs(peer), 1.0)
+
+
 def main(argv: list[str]) -> None:
     del argv  # run_command refuses positional arguments
     out = results_path(FLAGS.out)
@@ -223,16 +259,28 @@ def main(argv: list[str]) -> None:
     check_numbers(FLAGS.batch_size, FLAGS.seq_len, FLAGS.steps, FLAGS.warmup)
     cfg = model_config(FLAGS.preset, FLAGS.seq_len, FLAGS.dtype, **overrides)
     # AdamW with the default TrainConfig's hyperparameters; warmup is sized so the lr is nonzero.
-    train_cfg = TrainConfig(steps=FLAGS.warmup + FLAGS.steps, warmup_steps=1, seed=FLAGS.seed)
+    train_cfg = TrainConfig(steps=FLAGS.warmup + FLAGS.steps + 1, warmup_steps=1, seed=FLAGS.seed)
     batch = synthetic_batch(FLAGS.batch_size, FLAGS.seq_len, cfg.vocab_size, FLAGS.seed)
-    ours = run_ours(cfg, train_cfg, batch, FLAGS.mesh, FLAGS.warmup, FLAGS.steps)
-    peer = {"skipped": "--peer=none"}
+    ours_step, ours, initial = build_ours(cfg, train_cfg, batch, FLAGS.mesh)
+    peer_step, peer = None, {"skipped": "--peer=none"}
     if FLAGS.peer == "hf":
-        peer = run_hf_peer(cfg, train_cfg, batch["tokens"], FLAGS.warmup, FLAGS.steps)
+        peer_step, peer = build_hf_peer(cfg, train_cfg, batch["tokens"], initial)
+    sides = {"ours": ours_step}
+    if peer_step is not None:
+        if not losses_agree(ours["first_loss"], peer["first_loss"], cfg.dtype):
+            raise UserError(f"first-step losses differ (ours {ours['first_loss']:.6f}, HF "
+                            f"{peer['first_loss']:.6f}) from the same weights and batch; no "
+                            "speed ratio is reported for sides that compute different things")
+        sides["peer"] = peer_step
+    times = paired_steps(sides, FLAGS.warmup, FLAGS.steps)
+    tokens, flops = ours.pop("tokens"), ours.pop("flops_per_token")
+    ours.update(_summary(times["ours"], tokens, flops))
+    if "peer" in times:
+        peer.update(memory=peer["memory"](), **_summary(times["peer"], tokens, flops))
     run = {"config": {"preset": FLAGS.preset, "overrides": overrides, "batch_size": FLAGS.batch_size,
                       "seq_len": FLAGS.seq_len, "dtype": FLAGS.dtype, "mesh": FLAGS.mesh,
                       "steps": FLAGS.steps, "warmup": FLAGS.warmup, "model": cfg.to_dict()},
-           "ours": ours, "peer": peer,
+           "ours": ours, "peer": peer, "timing": "paired rounds, alternating order",
            "ratio": ours["tokens_per_s"] / peer["tokens_per_s"] if "tokens_per_s" in peer else None}
     print(table(run))
     save_run("train_throughput", run, out)

@@ -1,8 +1,9 @@
 """Multi-head attention with grouped KV heads (MHA / GQA / MQA), rotary positions, T5 relative
 position bias, masks, and cross-attention (decoder queries over encoder keys/values).
 
-The kernel is `jax.nn.dot_product_attention`, so `attention=xla|cudnn|auto` picks XLA's fused
-softmax or cuDNN flash attention without a second code path.
+`attention=xla` runs model/blockwise.py's kernel (query blocks, causal key skipping, a written-out
+backward); `cudnn` and `auto` hand the same operands to `jax.nn.dot_product_attention` (cuDNN flash
+attention, or whatever JAX picks).
 """
 
 import math
@@ -11,13 +12,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from model import quant
+from model import blockwise, quant
 from model.config import ModelConfig
 from model.layers import constrain, dtype_of, kernel_init
 
 Array = jax.Array
 
-_IMPLEMENTATION = {"xla": "xla", "cudnn": "cudnn", "auto": None}
+_IMPLEMENTATION = {"cudnn": "cudnn", "auto": None}  # of jax.nn.dot_product_attention
 
 
 def rotary(x: Array, positions: Array, theta: float) -> Array:
@@ -198,9 +199,11 @@ class Attention(nn.Module):
         cfg = self.config
         if bias is not None:
             bias = bias.astype(q.dtype)
-        # GQA needs no repeat: dot_product_attention groups query heads over the kv heads.
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=self.scale,
-                                           implementation=_IMPLEMENTATION[cfg.attention])
+        if cfg.attention == "xla":
+            out = blockwise.attention(q, k, v, mask, bias, self.scale, self.causal)
+        else:  # GQA needs no repeat: dot_product_attention groups query heads over kv heads.
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=self.scale,
+                                               implementation=_IMPLEMENTATION[cfg.attention])
         return self._output(out)
 
     def _output(self, out: Array) -> Array:

@@ -1,5 +1,6 @@
-"""Smoke test of benchmarks/train_throughput.py on a tiny GPT-2 shape: both sides run, the JSON
-merges, and bad input is one line with exit code 2. Real timings are a benchmark, not a test."""
+"""benchmarks/train_throughput.py on a tiny GPT-2 shape: the HF peer holds our weights and
+computes our loss, rounds alternate, the JSON merges, and bad input is one line with exit code 2.
+Real timings are a benchmark, not a test."""
 
 import json
 import subprocess
@@ -13,15 +14,19 @@ from benchmarks import train_throughput as tt
 from train.flags import TrainConfig
 
 
-def test_tiny_run_measures_both_sides_and_merges(tmp_path):
+def test_peer_holds_our_weights_and_computes_our_loss(tmp_path):
     pytest.importorskip("transformers")
-    cfg = tt.model_config("tiny_gpt", 16, "float32", num_layers=1)
-    train_cfg = TrainConfig(steps=2, warmup_steps=1)
+    cfg = tt.model_config("tiny_gpt", 16, "float32", num_layers=2)
+    train_cfg = TrainConfig(steps=4, warmup_steps=1)
     batch = tt.synthetic_batch(8, 16, cfg.vocab_size, seed=0)
-    ours = tt.run_ours(cfg, train_cfg, batch, "", warmup=1, steps=1)
-    peer = tt.run_hf_peer(cfg, train_cfg, batch["tokens"], warmup=0, steps=1)
+    ours_step, ours, initial = tt.build_ours(cfg, train_cfg, batch, "")
+    peer_step, peer = tt.build_hf_peer(cfg, train_cfg, batch["tokens"], initial)
     assert ours["params"] == peer["params"] == cfg.num_params()  # same shape on both sides
-    assert ours["tokens_per_s"] > 0 and peer["tokens_per_s"] > 0
+    # Same weights, same batch, same loss: equal to float rounding (a random-init peer is ~0.1 off).
+    assert abs(ours["first_loss"] - peer["first_loss"]) < 1e-5 * ours["first_loss"]
+    assert tt.losses_agree(ours["first_loss"], peer["first_loss"], "float32")
+    times = tt.paired_steps({"ours": ours_step, "peer": peer_step}, warmup=0, steps=1)
+    assert len(times["ours"]) == len(times["peer"]) == 1
     out = tmp_path / "r.json"
     for i in range(2):
         record.merge_into(str(out), {"i": i}, {"device": record.device_info(),
@@ -31,7 +36,16 @@ def test_tiny_run_measures_both_sides_and_merges(tmp_path):
 
 def test_llama_shape_skips_the_gpt2_peer():
     cfg = tt.model_config("tiny_llama", 16, "float32")
-    assert "skipped" in tt.run_hf_peer(cfg, TrainConfig(), None, warmup=0, steps=1)
+    step, facts = tt.build_hf_peer(cfg, TrainConfig(), None, None)
+    assert step is None and "skipped" in facts
+
+
+def test_rounds_alternate_which_side_runs_first():
+    order = []
+    sides = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
+    times = tt.paired_steps(sides, warmup=1, steps=4)
+    assert order == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert all(len(t) == 4 for t in times.values())
 
 
 def test_bad_preset_is_one_line_and_exit_2(tmp_path):

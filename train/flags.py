@@ -37,7 +37,9 @@ class TrainConfig:
     remat: str = _f("none", "Rematerialisation policy per layer: none | full | dots | "
                             "dots_no_batch.")
     attention: str = _f("xla", "Attention kernel: xla | cudnn | auto.")
-    scan_layers: bool = _f(True, "Stack layers with nn.scan (compile time independent of depth).")
+    scan_layers: bool = _f(True, "Stack layers with nn.scan, params on a leading layers axis "
+                                 "(unrolled up to 12 layers; deeper, compile time is independent "
+                                 "of depth).")
     param_init: str | None = _f(None, "How params start when training from scratch: normal "
                                       "(N(0, 0.02), GPT-2/BERT) or fan_in (N(0, 1/fan_in), T5 / "
                                       "Vaswani; see model/layers.py). Default: the preset's "

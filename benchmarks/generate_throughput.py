@@ -6,7 +6,7 @@ import numpy as np
 from absl import flags
 
 from benchmarks.record import results_path, save_run
-from benchmarks.timed_generate import hf_generate, ours_generate, paired
+from benchmarks.timed_generate import agreement, hf_generate, ours_generate, paired
 from infer.timing.latency import bench_batch
 from infer.timing.timed_model import random_loaded
 from model.config import get_preset
@@ -50,14 +50,19 @@ def main(argv: list[str]) -> None:
                          FLAGS.repeats, FLAGS.seed)
     tokens = np.random.default_rng(FLAGS.seed).integers(
         0, cfg.vocab_size, (FLAGS.batch_size, FLAGS.prompt_len), dtype=np.int32)
-    hf, about = hf_generate(cfg, tokens, seed=FLAGS.seed)
+    hf, about = hf_generate(cfg, tokens, seed=FLAGS.seed, params=loaded.params["params"])
     if hf is None:
         ours, peer, ratios = detail, {"skipped": about}, {}
     else:
-        sides = paired(ours_generate(loaded, tokens), hf, FLAGS.batch_size, FLAGS.new_tokens,
-                       FLAGS.repeats)
+        ours_side = ours_generate(loaded, tokens)
+        sides = paired(ours_side, hf, FLAGS.batch_size, FLAGS.new_tokens, FLAGS.repeats)
         ours, peer, ratios = {**detail, **sides["ours"]}, {**sides["hf"], "framework": about}, \
             sides["ratio"]
+        ours["outputs"] = agreement(ours_side.last, hf.last)
+        first = ours["outputs"]["common_prefix_min"]
+        if first < min(FLAGS.new_tokens, 8):  # not the same model: a ratio would mean nothing
+            raise UserError(f"our greedy tokens and HF's differ from token {first} on, from the "
+                            "same weights and prompt; no speed ratio is reported")
     info = device_info()
     run = {"config": {"preset": FLAGS.preset, "overrides": sizes, "batch_size": FLAGS.batch_size,
                       "prompt_len": FLAGS.prompt_len, "new_tokens": FLAGS.new_tokens,
@@ -74,6 +79,10 @@ def main(argv: list[str]) -> None:
               f"{r['tokens_per_s']:>13,.1f} {r['overall_tokens_per_s']:>14,.1f}")
     print(f"ours TPOT {1e3 * ours['tpot_s']:.2f} ms (on-device loop); one step launched from "
           f"the host {1e3 * ours['host_step_s']:.2f} ms ({ours['step_tokens_per_s']:,.1f} tok/s)")
+    agree = ours.get("outputs")
+    if agree:
+        print(f"greedy ids equal to HF's: {agree['equal']} (common prefix "
+              f"{agree['common_prefix_min']} of {agree['tokens']} tokens, every row)")
     for name in ("decode_tokens_per_s", "overall_tokens_per_s"):
         if name in ratios:
             pairs = ", ".join(f"{r:.2f}" for r in ratios[name.split("_")[0] + "_per_pair"])

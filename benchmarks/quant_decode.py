@@ -15,7 +15,7 @@ import numpy as np
 from absl import flags
 
 from benchmarks.record import results_path, save_run
-from benchmarks.timed_generate import hf_generate, ours_generate
+from benchmarks.timed_generate import agreement, hf_generate, ours_generate
 from infer.engine.load import quantized, with_quant
 from infer.timing.timed_model import random_loaded
 from model import quant
@@ -103,10 +103,17 @@ def main(argv: list[str]) -> None:
         sides = {f"ours {mode}": ours_generate(m, tokens) for mode, m in models.items()}
         if FLAGS.peer:
             for name, int8 in (("hf fp32", False), ("hf int8", True)):
-                generate, peers[name] = hf_generate(cfg, tokens, int8=int8, seed=FLAGS.seed)
+                # The peer holds our weights (a float32 baseline's; torch has no bf16 CPU path
+                # here), so the fp32 sides' greedy ids can be compared.
+                ours_weights = base.params["params"] if cfg.param_dtype == "float32" else None
+                generate, peers[name] = hf_generate(cfg, tokens, int8=int8, seed=FLAGS.seed,
+                                                    params=ours_weights)
                 if generate is not None:
                     sides[name] = generate
         results[str(batch)] = measure(sides, batch, FLAGS.new_tokens, FLAGS.repeats, baseline)
+        if "hf fp32" in sides and cfg.param_dtype == "float32":  # both last ran n tokens
+            results[str(batch)]["hf fp32"]["outputs_vs_ours_none"] = agreement(
+                sides["ours none"].last, sides["hf fp32"].last)
         print(f"batch {batch}:")
         for name, r in results[str(batch)].items():
             print(f"  {name:<18} {r['decode_tokens_per_s']:>10,.1f} tok/s "

@@ -1,6 +1,8 @@
 """The two sides a generation benchmark races, each as `generate(n) -> seconds` of greedy
 prefill + n tokens on the same prompt ids: meshlm's engine, and HF transformers'
-LlamaForCausalLM of the same random-init shape (torch on the CPU); and the paired timing of both."""
+LlamaForCausalLM of the same shape holding our weights (torch on the CPU); and the paired timing
+of both. Each side's `generate.last` holds the ids its latest call generated, so a benchmark can
+check the two agree before it reports a ratio (docs/benchmarks.md)."""
 
 import os
 import statistics
@@ -10,6 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from benchmarks.hf_weights import load_into
 from infer.engine.engine import generate_padded
 from infer.engine.sampling import Sampling
 from model import sharding
@@ -23,11 +26,12 @@ def llama_mismatch(cfg: ModelConfig) -> str:
     return ", ".join(f"{k}={getattr(cfg, k)}" for k, v in wanted.items() if getattr(cfg, k) != v)
 
 
-def hf_generate(cfg: ModelConfig, tokens: np.ndarray, int8: bool = False, seed: int = 0):
+def hf_generate(cfg: ModelConfig, tokens: np.ndarray, int8: bool = False, seed: int = 0,
+                params=None):
     """(generate(n) -> seconds of LlamaForCausalLM.generate, greedy, static cache, fp32, all
-    cores; a description) or (None, why it was skipped). `int8`: torch's dynamic int8
-    quantization of every Linear (int8 weights, activations quantized per call); `seed`: of the
-    random init."""
+    cores; a description) or (None, why it was skipped). `params`: ours, loaded into the HF
+    model (else it keeps its own random init from `seed`); `int8`: torch's dynamic int8
+    quantization of every Linear (int8 weights, activations quantized per call)."""
     if why := llama_mismatch(cfg):
         return None, f"HF Llama peer needs a Llama-shaped config; this one has {why}"
     try:
@@ -45,6 +49,8 @@ def hf_generate(cfg: ModelConfig, tokens: np.ndarray, int8: bool = False, seed: 
         tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
         bos_token_id=0, eos_token_id=None, pad_token_id=0)
     model = transformers.LlamaForCausalLM(hf_cfg).eval()
+    if params is not None:
+        load_into(model, cfg, params)
     if int8:
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     inputs = torch.from_numpy(tokens.astype(np.int64))
@@ -60,6 +66,7 @@ def hf_generate(cfg: ModelConfig, tokens: np.ndarray, int8: bool = False, seed: 
         if out.shape[1] != tokens.shape[1] + n:  # a timing of fewer tokens is no timing
             raise RuntimeError(f"HF generate stopped after {out.shape[1] - tokens.shape[1]} of "
                                f"{n} tokens")
+        generate.last = out[:, tokens.shape[1]:].numpy()
         return elapsed
 
     return generate, (f"transformers LlamaForCausalLM.generate (static cache, "
@@ -79,9 +86,21 @@ def ours_generate(loaded, tokens: np.ndarray):
                                      jax.random.key(0), max_new_tokens=n, sampling=Sampling(),
                                      eos_id=-1)
         jax.block_until_ready(out)
-        return time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        generate.last = np.asarray(out)
+        return elapsed
 
     return generate
+
+
+def agreement(ours: np.ndarray, hf: np.ndarray) -> dict:
+    """How far two sides' greedy ids [batch, n] agree: equal, and the shortest common prefix.
+    Two fp32 implementations of one model can part at a near-tie of the top two logits and
+    then follow different continuations, so a divergence late in a long run is reported, not
+    hidden."""
+    same = ours == hf
+    prefix = [int(np.argmin(row)) if not row.all() else row.size for row in same]
+    return {"equal": bool(same.all()), "common_prefix_min": min(prefix), "tokens": ours.shape[1]}
 
 
 def paired(ours, hf, batch: int, new_tokens: int, repeats: int) -> dict:

@@ -3,9 +3,9 @@
 `jax.nn.dot_product_attention(implementation="xla")` materialises the whole [q_len, kv_len] score
 matrix, keeps the probabilities for the backward and lets autodiff differentiate the softmax,
 which costs several full passes over that matrix. On a 2-core CPU at the quickstart shape
-(batch 16 x 256, 4 heads of 32) its forward + backward took 66 ms a layer against torch SDPA's
-19 ms; this kernel takes 20 ms (numbers: benchmarks/results/2026-12-08-cpu-2core.json,
-`attention_kernel`). Three things make the difference, none of them specific to a CPU:
+(batch 16 x 256, 4 heads of 32) its forward + backward took 59.3 ms a layer against torch SDPA's
+19.4 ms; this kernel takes 21.7 ms (benchmarks/results/2026-12-08-cpu-2core.json,
+`attention_kernel` at 2026-12-08T04:02:26). Three things make the difference, none of them specific to a CPU:
   - causal self-attention skips the key blocks after a query block (about half the work at
     length 256 with blocks of 64);
   - the backward is written out (a custom VJP): it recomputes a block's probabilities from the

@@ -110,3 +110,30 @@ def test_generate_pairs_alternate_and_the_ratio_is_of_the_medians():
     assert sides["ours"]["tokens_per_s"] == pytest.approx(2 / 0.01)
     assert sides["ratio"]["decode_tokens_per_s"] == pytest.approx(
         sides["ours"]["tokens_per_s"] / sides["hf"]["tokens_per_s"]) == pytest.approx(3.0)
+
+
+def test_hf_generate_holding_our_weights_generates_our_greedy_ids():
+    """The decode benchmarks' HF peer runs our very weights: its greedy ids equal the engine's
+    (a peer left at its own random init agrees on next to nothing)."""
+    pytest.importorskip("transformers")
+    import numpy as np
+
+    from benchmarks.timed_generate import agreement, hf_generate, ours_generate
+    from infer.timing.timed_model import random_loaded
+    from model.config import get_preset
+
+    cfg = get_preset("tiny_llama").replace(num_layers=2, max_len=64)
+    loaded = random_loaded(cfg, "", 0)
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12), dtype=np.int32)
+    ours = ours_generate(loaded, tokens)
+    ours(16)
+    same, _ = hf_generate(cfg, tokens, params=loaded.params["params"])
+    same(16)
+    assert agreement(ours.last, same.last) == {"equal": True, "common_prefix_min": 16,
+                                                "tokens": 16}
+    own_init, _ = hf_generate(cfg, tokens, seed=1)
+    own_init(16)
+    assert agreement(ours.last, own_init.last)["common_prefix_min"] < 4
+    split = ours.last.copy()
+    split[1, 5] += 1
+    assert agreement(ours.last, split) == {"equal": False, "common_prefix_min": 5, "tokens": 16}

@@ -152,6 +152,27 @@ def train_vs_hf(specs: list[tuple[str, str]]) -> list[str]:
 
 
 # NAME -> (renderer, the records it reads).
+def quant_decode(specs: list[tuple[str, str]]) -> list[str]:
+    """Decode tok/s of our float32, int8 and int8-KV models and HF's fp32 and dynamic int8, one
+    row per run, batch and side; ratios are of the medians (older records lack min-max)."""
+    lines = _head("run (record)", "batch", "side", "decode tok/s (min-max)", "vs our fp32",
+                  "vs HF fp32", "param MiB")
+    for file, time in specs:
+        run = find_record(file, "quant_decode", time)
+        mib = {f"ours {m}": b / 2**20 for m, b in run["param_bytes"].items()}
+        for batch, sides in run["results"].items():
+            base = sides["ours none"]["decode_tokens_per_s"]
+            hf = sides.get("hf fp32", {}).get("decode_tokens_per_s")
+            for name, r in sides.items():
+                rate = r["decode_tokens_per_s"]
+                spread = (f" ({r['decode_tokens_per_s_min']:,.1f}-{r['decode_tokens_per_s_max']:,.1f})"
+                          if "decode_tokens_per_s_min" in r else "")
+                lines.append(f"| {_label(file, time)} | {batch} | {name} | {rate:,.1f}{spread} | "
+                             f"{rate / base:.2f}× | {f'{rate / hf:.2f}×' if hf else '-'} | "
+                             f"{f'{mib[name]:.1f}' if name in mib else ''} |")
+    return lines
+
+
 TABLES = {
     "seq2seq-decode": (seq2seq_decode, [("2026-12-07-cpu-2core.json", "2026-12-07T20:46:36"),
                                         ("2026-12-08-cpu-2core.json", "2026-12-08T00:26:25")]),
@@ -159,7 +180,10 @@ TABLES = {
                                               "2026-12-08T00:38:09")]),
     "generate-vs-hf": (generate_vs_hf, [("2026-11-23-cpu-2core.json", "2026-11-23T13:09:36"),
                                         ("2026-11-23-cpu-2core.json", "2026-11-23T13:16:12"),
-                                        ("2026-12-08-cpu-2core.json", "2026-12-08T01:28:07")]),
+                                        ("2026-12-08-cpu-2core.json", "2026-12-08T01:28:07"),
+                                        ("2026-12-08-cpu-2core.json", "2026-12-08T04:09:57")]),
+    "quant-decode": (quant_decode, [("2026-11-23-cpu-2core.json", "2026-11-23T19:10:09"),
+                                    ("2026-12-08-cpu-2core.json", "2026-12-08T04:10:51")]),
     "train-vs-hf": (train_vs_hf, [
         ("2026-11-23-cpu-2core.json", t) for t in (
             "2026-11-23T09:38:18", "2026-11-23T09:39:09", "2026-11-23T09:39:45",

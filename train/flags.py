@@ -36,7 +36,9 @@ class TrainConfig:
                                "state stay float32).")
     remat: str = _f("none", "Rematerialisation policy per layer: none | full | dots | "
                             "dots_no_batch.")
-    attention: str = _f("xla", "Attention kernel: xla | cudnn | auto.")
+    attention: str = _f("xla", "Attention kernel: xla (model/blockwise.py, any device) | cudnn "
+                               "(cuDNN flash attention, NVIDIA GPUs) | auto "
+                               "(jax.nn.dot_product_attention picks).")
     scan_layers: bool = _f(True, "Stack layers with nn.scan, params on a leading layers axis "
                                  "(unrolled up to 12 layers; deeper, compile time is independent "
                                  "of depth).")

@@ -153,8 +153,12 @@ def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers",
     num_layers = num_layers or cfg.num_layers
     if in_axes is None:
         in_axes = (nn.broadcast, nn.broadcast) + ((0, nn.broadcast, nn.broadcast) if decode else ())
+    unroll = num_layers if num_layers <= UNROLL_UP_TO else 1
     if cfg.remat != "none" and not decode:
-        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+        # Only a rolled loop keeps XLA from merging the recomputation with the forward pass;
+        # unrolled (or not scanned) the remat needs prevent_cse, or it saves nothing.
+        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat],
+                         prevent_cse=not cfg.scan_layers or unroll > 1)
     if cfg.scan_layers and decode and block is Block:
         if not attributes and in_axes == (nn.broadcast,) * 2 + (0,) + (nn.broadcast,) * 2:
             return _carried(cfg, name, num_layers, cross=False)
@@ -163,7 +167,7 @@ def stack_layers(block: type[nn.Module], cfg: ModelConfig, name: str = "layers",
     if cfg.scan_layers:
         scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=in_axes, length=num_layers,
-                          unroll=num_layers if num_layers <= UNROLL_UP_TO else 1,
+                          unroll=unroll,
                           metadata_params={nn.PARTITION_NAME: "layers"})
         return scanned(cfg, name=name, **attributes)
     return _Unrolled(block, cfg, num_layers, tuple(axis == 0 for axis in in_axes),

@@ -213,9 +213,9 @@ def build_hf_peer(cfg: ModelConfig, train_cfg: TrainConfig, tokens: np.ndarray, 
                           f"attention), torch.optim.AdamW on {device.type}",
              "dtype": "bfloat16 autocast" if bf16 else "float32",
              "threads": torch.get_num_threads(), "params": sum(p.numel() for p in weights),
-             "first_loss": first_loss,
-             "memory": lambda: ({"peak_bytes_in_use": torch.cuda.max_memory_allocated()}
-                                if cuda else {})}
+             "first_loss": first_loss}
+    if cuda:  # a peak over the whole run, so it is read after the timed steps
+        step.peak_memory = lambda: {"peak_bytes_in_use": torch.cuda.max_memory_allocated()}
     return step, facts
 
 
@@ -276,7 +276,8 @@ def main(argv: list[str]) -> None:
     tokens, flops = ours.pop("tokens"), ours.pop("flops_per_token")
     ours.update(_summary(times["ours"], tokens, flops))
     if "peer" in times:
-        peer.update(memory=peer["memory"](), **_summary(times["peer"], tokens, flops))
+        memory = getattr(peer_step, "peak_memory", dict)()
+        peer.update(memory=memory, **_summary(times["peer"], tokens, flops))
     run = {"config": {"preset": FLAGS.preset, "overrides": overrides, "batch_size": FLAGS.batch_size,
                       "seq_len": FLAGS.seq_len, "dtype": FLAGS.dtype, "mesh": FLAGS.mesh,
                       "steps": FLAGS.steps, "warmup": FLAGS.warmup, "model": cfg.to_dict()},
